@@ -1,0 +1,355 @@
+"""The `tcpulse` command: a thin layer over `Server` and `Client`.
+
+Every failure a user can cause (a port in use, a refused connection, a bad flag) ends in one line
+naming the problem and the fix, and a non-zero exit; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from ._i18n import _, set_language
+from .client import Client, ClientEvent, ConnectError, ServerError, default_id
+from .console import ConsoleLog, escape
+from .server import Server, ServerConfig
+
+__all__ = ["main", "run_loop"]
+
+DEFAULT_PORT = 12345
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One clear line on stderr, then exit."""
+    click.echo(f"tcpulse: error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_loop(coro: Callable[[], Coroutine[Any, Any, int]], loop_kind: str = "auto") -> int:
+    """Run `coro()` on asyncio, or on uvloop when it is installed (and `loop_kind` allows)."""
+    if loop_kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop_kind == "uvloop":
+                fail("--loop uvloop: uvloop is not installed; pip install 'tcpulse[fast]' or use --loop asyncio")
+        else:
+            return uvloop.run(coro())
+    return asyncio.run(coro())
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"must be greater than 0 (got {value})")
+    return value
+
+
+lang_option = click.option("--lang", default=None, metavar="en|zh",
+                           help="Language of the output (default: from LANG; English otherwise).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tcpulse")
+def main() -> None:
+    """tcpulse: TCP messaging with heartbeat-based liveness detection."""
+
+
+# --------------------------------------------------------------------------- serve
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 picks a free one.")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=float, callback=_positive,
+              help="Seconds between a client's heartbeats.")
+@click.option("--heartbeat-timeout", default=10.0, show_default=True, type=float, callback=_positive,
+              help="Seconds of silence after which a client is dead.")
+@click.option("--min-heartbeat-interval", default=0.1, show_default=True, type=float, callback=_positive,
+              help="Lowest interval a client may ask for in HELLO.")
+@click.option("--max-heartbeat-interval", default=60.0, show_default=True, type=float, callback=_positive,
+              help="Highest interval a client may ask for in HELLO.")
+@click.option("--status-every", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between status tables (0 = off).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--max-payload", default=1 << 20, show_default=True, type=click.IntRange(min=1),
+              help="Largest message payload in bytes.")
+@click.option("--max-line", default=4096, show_default=True, type=click.IntRange(min=64),
+              help="Longest control line in bytes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show every heartbeat.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors.")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
+              show_default=True, help="Event loop: uvloop when installed (auto), or force one.")
+@click.option("--shutdown-grace", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for clients to leave on SIGTERM/SIGINT.")
+# Feature options.  Each feature keeps its options in its own block below, so that the serve
+# command reads as a list of what the server can do.
+# -- store (delivery and history) --
+# -- admin (HTTP API, metrics, dashboard) --
+# -- security and limits --
+# -- scale and detection --
+@lang_option
+def serve(**opts: Any) -> None:
+    """Run the server."""
+    set_language(opts.pop("lang"))
+    if opts["verbose"] and opts["quiet"]:
+        fail("-v and -q contradict each other: choose one")
+    quiet, verbose = opts.pop("quiet"), opts["verbose"]
+    grace = opts.pop("shutdown_grace")
+    loop_kind = opts.pop("loop_kind")
+    log_format = opts.pop("log_format")
+    if quiet:
+        opts["status_every"] = 0
+    known = set(ServerConfig.__dataclass_fields__)
+    cfg = ServerConfig(**{k: v for k, v in opts.items() if k in known})
+    extra = {k: v for k, v in opts.items() if k not in known}
+    try:
+        cfg.validate()
+    except ValueError as e:
+        fail(str(e), 2)
+    level = "quiet" if quiet else "verbose" if verbose else "normal"
+    log = ConsoleLog(json_format=log_format == "json", level=level)
+    sys.exit(run_loop(lambda: _serve(cfg, log, grace, extra), loop_kind))
+
+
+async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[str, Any]) -> int:
+    server = Server(cfg)
+    server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
+    # -- feature setup: each feature attaches itself to `server` here, from `extra` --
+    try:
+        await server.start()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            fail(f"port {cfg.port} on {cfg.host} is already in use: stop the other server or "
+                 "choose another --port (0 picks a free one)")
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+            fail(f"cannot listen on {cfg.host}: it is not an address of this machine (check --host)")
+        if e.errno == errno.EACCES:
+            fail(f"not allowed to listen on port {cfg.port}: use a port above 1023")
+        fail(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
+    # -- feature start: what runs beside the listening server (admin endpoint, ...) --
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            import os
+            os._exit(130)  # a second signal: out at once
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    await server.close(grace)
+    # -- feature stop --
+    return 0
+
+
+# --------------------------------------------------------------------------- connect
+
+@main.command()
+@click.argument("host", default="127.0.0.1")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--id", "client_id", default=None, help="Client id (default: host name + random suffix).")
+@click.option("--heartbeat-interval", default=None, type=float, callback=_positive,
+              help="Heartbeat interval to ask the server for (default: the server's).")
+@click.option("--seed-demo", is_flag=True,
+              help="Behave like the original exercise's client: beat 3 times one interval apart, then "
+                   "only every 20 intervals, no PINGs, no reconnect; the server times it out.")
+@click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost instead of reconnecting.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every heartbeat, RTT and ACK.")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto")
+@lang_option
+def connect(host: str, port: int, client_id: str | None, heartbeat_interval: float | None,
+            seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None) -> None:
+    """Connect to a server and send each line typed (or piped) as a message."""
+    set_language(lang)
+    from ._events import ID_RE
+    if client_id is not None and ID_RE.fullmatch(client_id) is None:
+        fail(f"--id {client_id!r} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -", 2)
+    opts = ConnectOptions(host, port, client_id, heartbeat_interval, seed_demo,
+                          reconnect=not (no_reconnect or seed_demo), verbose=verbose)
+    sys.exit(run_loop(lambda: _connect(opts), loop_kind))
+
+
+class ConnectOptions:
+    def __init__(self, host: str, port: int, client_id: str | None, interval: float | None,
+                 seed_demo: bool, reconnect: bool, verbose: bool) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.interval = interval
+        self.seed_demo = seed_demo
+        self.reconnect = reconnect
+        self.verbose = verbose
+
+
+def _say(text: str) -> None:
+    click.echo(text)
+
+
+def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
+    state = {"connections": 0}
+
+    def on_event(ev: ClientEvent) -> None:
+        d = ev.data
+        k = ev.kind
+        if k == "info":
+            info = d["info"]
+            _say(_("Connected to server {host}:{port} (tcpulse {version}, heartbeat every {interval:g} s, "
+                   "timeout {timeout:g} s, durable: {durable})").format(
+                host=opts.host, port=opts.port, version=info.version or "?",
+                interval=info.heartbeat_interval, timeout=info.heartbeat_timeout,
+                durable=_("yes") if info.durable else _("no")))
+        elif k == "ok":
+            state["connections"] += 1
+            ok = d["ok"]
+            if state["connections"] == 1 or opts.verbose:
+                _say(_("Signed in as {id}: heartbeat every {interval:g} s, timeout {timeout:g} s").format(
+                    id=ok.id, interval=ok.heartbeat_interval, timeout=ok.heartbeat_timeout))
+        elif k == "beat":
+            if opts.seed_demo or opts.verbose:
+                _say(_("Sent heartbeat #{n}").format(n=d["n"]))
+        elif k == "rtt":
+            if opts.verbose:
+                _say(_("RTT to the server: {ms:.2f} ms").format(ms=d["rtt"] * 1000))
+        elif k == "ack":
+            if opts.verbose:
+                _say(_("Server acknowledged up to #{seq}").format(seq=d["seq"]))
+        elif k == "message":
+            payload: bytes = d["payload"]
+            try:
+                text = escape(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                text = _("<{size} bytes, not UTF-8>").format(size=len(payload))
+            _say(_("Message from the server: {text}").format(text=text))
+        elif k == "error":
+            _say(_("Server error {code}: {text}").format(code=d["code"], text=d["text"]))
+        elif k == "bye":
+            reason = d.get("reason") or ""
+            if reason == "heartbeat-timeout":
+                _say(_("The server closed the connection: heartbeat timeout (it heard nothing from us in time)"))
+            elif reason == "shutdown":
+                _say(_("The server is shutting down"))
+            elif reason == "replaced":
+                _say(_("Another connection with the same id replaced this one"))
+            else:
+                _say(_("The server closed the connection ({reason})").format(reason=reason))
+        elif k == "disconnected":
+            _say(_("Disconnected from the server: {reason}").format(reason=d["reason"]))
+        elif k == "reconnecting":
+            _say(_("Reconnecting in {delay:.1f} s (attempt {n})").format(delay=d["delay"], n=d["attempt"]))
+        elif k == "retry-failed" and opts.verbose:
+            _say(d["reason"])
+    return on_event
+
+
+async def _stdin_lines(interactive: bool) -> asyncio.Queue[str | None]:
+    """Read stdin in a thread (the only portable way for a terminal and a pipe alike)."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[str | None] = asyncio.Queue()
+    prompt = _("Enter a message to send ('exit' to quit): ")
+
+    def reader() -> None:
+        while True:
+            try:
+                line = input(prompt) if interactive else sys.stdin.readline()
+            except (EOFError, KeyboardInterrupt):
+                line = None
+            except (OSError, ValueError):
+                line = None
+            if line is not None and not interactive:
+                if line == "":
+                    line = None
+                else:
+                    line = line.rstrip("\n").rstrip("\r")
+            loop.call_soon_threadsafe(q.put_nowait, line)
+            if line is None:
+                return
+    threading.Thread(target=reader, daemon=True, name="tcpulse-stdin").start()
+    return q
+
+
+async def _connect(opts: ConnectOptions) -> int:
+    client_id = opts.client_id
+    if client_id is None:
+        client_id = default_id()
+        _say(_("No --id given: this client is {id}").format(id=client_id))
+    client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval,
+                    reconnect=opts.reconnect, on_event=_client_printer(opts), seed_demo=opts.seed_demo)
+    try:
+        await client.start()
+    except ConnectError as e:
+        _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
+        fail(str(e))
+    except ServerError as e:
+        fail(_("the server refused the connection: ERR {code} {text}").format(code=e.code, text=e.text))
+    if not opts.seed_demo:
+        with contextlib.suppress(Exception):
+            rtt = await asyncio.wait_for(client.ping(), 5)
+            _say(_("RTT to the server: {ms:.2f} ms").format(ms=rtt * 1000))
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    lines = await _stdin_lines(interactive)
+    done = asyncio.ensure_future(client.wait_closed())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.ensure_future(stop.wait())
+    eof = False
+    try:
+        while True:
+            getter = asyncio.ensure_future(lines.get()) if not eof else None
+            waiting: set[asyncio.Future[Any]] = {done, stopper}
+            if getter is not None:
+                waiting.add(getter)
+            finished, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if done in finished or stopper in finished:
+                if getter is not None:
+                    getter.cancel()
+                break
+            assert getter is not None
+            line = getter.result()
+            if line is None:
+                if opts.seed_demo:
+                    eof = True  # the original client keeps its connection after end of input
+                    continue
+                break
+            if line.strip().lower() == "exit":
+                break
+            try:
+                await client.send(line)
+            except (ValueError, RuntimeError) as e:
+                _say(str(e))
+    finally:
+        stopper.cancel()
+    if done.done():
+        exc = done.exception()
+        await client.close()
+        _say(_("Disconnected from the server"))
+        if exc is not None:
+            return 1
+        return 0
+    done.cancel()
+    pending = len(client.unacked())
+    await client.close(drain_timeout=5.0)
+    left = len(client.unacked())
+    if left:
+        _say(_("{n} message(s) were not acknowledged by the server and may be lost").format(n=left))
+        _say(_("Disconnected from the server"))
+        return 1
+    if pending and opts.verbose:
+        _say(_("All messages acknowledged"))
+    _say(_("Disconnected from the server"))
+    return 0

@@ -1,0 +1,310 @@
+"""Liveness policies: pure objects that are handed `now` and say what is due.
+
+No clock, no timers, no I/O here (STYLE.md, "Clocks stay out of the core"): the asyncio layer asks
+`next_due()`, sets one timer for that moment, and calls `poll(now)` when it fires.
+
+`Tracker` serves every client of a server with one heap.  A frame from a client only stores a
+timestamp (O(1)); the heap holds one entry per client and is touched only when an entry comes
+due (O(log n)), when the entry is pushed again to the client's real next deadline.  No scan of
+all clients ever happens.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = [
+    "Action",
+    "ClientLiveness",
+    "Detector",
+    "FixedDetector",
+    "State",
+    "SUSPECT_RATIO",
+    "Tracker",
+    "ScheduledBeats",
+    "Verdict",
+    "clamp_interval",
+]
+
+#: PROTOCOL.md, "Liveness": silent for longer than 1.5 intervals is suspect.
+SUSPECT_RATIO = 1.5
+
+K = TypeVar("K", bound=Hashable)
+
+
+class State(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict(Generic[K]):
+    """A change of state of one client, found by `Tracker.poll()`."""
+
+    key: K
+    state: State
+    #: Seconds since the client was last heard, at `now`.
+    silent_for: float
+    #: For DEAD: how long after the deadline `poll()` was called (the announcement's lateness).
+    late_by: float
+    #: The moment the verdict became due (the deadline, for DEAD).
+    due: float
+
+
+def clamp_interval(requested: float | None, default: float, lo: float, hi: float) -> float:
+    """PROTOCOL.md, "Liveness": a client's stated interval, clamped to the server's bounds."""
+    if requested is None:
+        return default
+    return min(max(requested, lo), hi)
+
+
+class Detector:
+    """Decides when a silent client is dead.  The fixed detector: at `last + timeout`.
+
+    A subclass may declare death earlier (an adaptive detector), but `Tracker` never lets it
+    act before 1.5 intervals of silence (PROTOCOL.md, "Liveness").
+    """
+
+    def on_heartbeat(self, gap: float) -> None:
+        """One arrival `gap` seconds after the previous one (for detectors that learn)."""
+
+    def dead_after(self, interval: float, timeout: float) -> float:
+        """Seconds of silence after which the client is dead."""
+        return timeout
+
+
+class FixedDetector(Detector):
+    __slots__ = ()
+
+
+class _Entry:
+    __slots__ = ("key", "last", "interval", "timeout", "state", "detector", "since")
+
+    def __init__(self, key: Hashable, now: float, interval: float, timeout: float,
+                 detector: Detector | None) -> None:
+        self.key = key
+        self.last = now
+        self.since = now
+        self.interval = interval
+        self.timeout = timeout
+        self.state = State.ALIVE
+        self.detector = detector
+
+
+class Tracker(Generic[K]):
+    """Deadlines of many clients.  Every method is O(1) but `poll`, O(log n) per due entry."""
+
+    def __init__(self) -> None:
+        self._entries: dict[K, _Entry] = {}
+        self._heap: list[tuple[float, int, K]] = []
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def add(self, key: K, now: float, interval: float, timeout: float,
+            detector: Detector | None = None) -> None:
+        """Start watching `key`, last heard at `now`.  Replaces an earlier entry for `key`."""
+        e = _Entry(key, now, interval, timeout, detector)
+        self._entries[key] = e
+        self._push(key, self._next_for(e))
+
+    def set_interval(self, key: K, now: float, interval: float, timeout: float) -> None:
+        """Change the interval and timeout in force (after HELLO); counts as hearing from it."""
+        e = self._entries.get(key)
+        if e is None:
+            return
+        e.interval = interval
+        e.timeout = timeout
+        e.last = now
+        # The new deadline may be earlier than the queued entry: queue it too (the old one
+        # goes stale and is skipped when it comes due).
+        self._push(key, self._next_for(e))
+
+    def touch(self, key: K, now: float) -> bool:
+        """`key` was heard from at `now`.  O(1).  Returns True when it had been suspect."""
+        e = self._entries.get(key)
+        if e is None:
+            return False
+        det = e.detector
+        if det is not None:
+            det.on_heartbeat(now - e.last)
+        e.last = now
+        if e.state is State.SUSPECT:
+            e.state = State.ALIVE
+            return True
+        return False
+
+    def remove(self, key: K) -> None:
+        """Stop watching `key`; its heap entry goes stale and is dropped when it comes due."""
+        self._entries.pop(key, None)
+
+    def state(self, key: K) -> State | None:
+        e = self._entries.get(key)
+        return None if e is None else e.state
+
+    def last_heard(self, key: K) -> float | None:
+        e = self._entries.get(key)
+        return None if e is None else e.last
+
+    def deadline(self, key: K) -> float | None:
+        """When `key` will be declared dead if nothing arrives."""
+        e = self._entries.get(key)
+        return None if e is None else e.last + self._dead_after(e)
+
+    def next_due(self) -> float | None:
+        """The earliest moment `poll()` may have something to report (None: nothing watched)."""
+        heap = self._heap
+        entries = self._entries
+        while heap and heap[0][2] not in entries:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def poll(self, now: float) -> list[Verdict[K]]:
+        """Every change of state due at `now`: clients turning suspect, and dead ones.
+
+        A dead client is no longer watched; the caller must close its connection.
+        """
+        out: list[Verdict[K]] = []
+        heap = self._heap
+        entries = self._entries
+        while heap and heap[0][0] <= now:
+            due, _, key = heapq.heappop(heap)
+            e = entries.get(key)
+            if e is None:
+                continue
+            dead_at = e.last + self._dead_after(e)
+            if now >= dead_at:
+                del entries[key]
+                out.append(Verdict(key, State.DEAD, now - e.last, max(0.0, now - dead_at), dead_at))
+                continue
+            suspect_at = e.last + SUSPECT_RATIO * e.interval
+            if e.state is State.ALIVE and now >= suspect_at:
+                e.state = State.SUSPECT
+                out.append(Verdict(key, State.SUSPECT, now - e.last, max(0.0, now - suspect_at), suspect_at))
+            nxt = self._next_for(e)
+            if nxt > due:
+                self._push(key, nxt)
+            # else: a newer entry for this key is queued already (set_interval); nothing to do.
+        return out
+
+    def keys(self) -> Iterable[K]:
+        return self._entries.keys()
+
+    # ------------------------------------------------------------------ internals
+
+    def _dead_after(self, e: _Entry) -> float:
+        if e.detector is None:
+            return e.timeout
+        # An adaptive detector may act earlier than the timeout, never before 1.5 intervals.
+        return max(SUSPECT_RATIO * e.interval, min(e.timeout, e.detector.dead_after(e.interval, e.timeout)))
+
+    def _next_for(self, e: _Entry) -> float:
+        dead_at = e.last + self._dead_after(e)
+        if e.state is State.ALIVE:
+            return min(e.last + SUSPECT_RATIO * e.interval, dead_at)
+        return dead_at
+
+    def _push(self, key: K, when: float) -> None:
+        self._counter += 1
+        heapq.heappush(self._heap, (when, self._counter, key))
+
+
+class Action(enum.Enum):
+    """What `ClientLiveness.poll()` asks the client to do now."""
+
+    NONE = "none"
+    HEARTBEAT = "heartbeat"
+    PING = "ping"
+    DEAD = "dead"
+
+
+class ClientLiveness:
+    """The client's side of PROTOCOL.md, "Liveness".
+
+    It beats when it has sent nothing for one interval, PINGs when it has also heard nothing for
+    that long, and declares the server dead when nothing arrives within `timeout` of that PING.
+    Call `on_sent(now)` after writing any frame, `on_received(now)` after reading any frame,
+    and `poll(now)` at `next_due()`.
+    """
+
+    __slots__ = ("interval", "timeout", "last_sent", "last_received", "ping_sent_at")
+
+    def __init__(self, now: float, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.last_sent = now
+        self.last_received = now
+        self.ping_sent_at: float | None = None
+
+    def on_sent(self, now: float) -> None:
+        self.last_sent = now
+
+    def on_received(self, now: float) -> None:
+        self.last_received = now
+        self.ping_sent_at = None
+
+    def next_due(self) -> float:
+        due = self.last_sent + self.interval
+        if self.ping_sent_at is not None:
+            due = min(due, self.ping_sent_at + self.timeout)
+        return due
+
+    def poll(self, now: float) -> Action:
+        if self.ping_sent_at is not None and now >= self.ping_sent_at + self.timeout:
+            return Action.DEAD
+        if now < self.last_sent + self.interval:
+            return Action.NONE
+        self.last_sent = now
+        if now >= self.last_received + self.interval and self.ping_sent_at is None:
+            self.ping_sent_at = now
+            return Action.PING
+        return Action.HEARTBEAT
+
+
+class ScheduledBeats:
+    """The original exercise's client: beats at fixed moments, never PINGs, never judges the
+    server.  `intervals` are the gaps after each beat (the seed demo: 5, 5, then 100 for ever)."""
+
+    __slots__ = ("_gaps", "_then", "_next", "count")
+
+    def __init__(self, now: float, gaps: list[float], then: float) -> None:
+        self._gaps = list(gaps)
+        self._then = then
+        self._next = now
+        self.count = 0
+
+    def on_sent(self, now: float) -> None:
+        pass  # the schedule does not move when the user types
+
+    def on_received(self, now: float) -> None:
+        pass
+
+    def next_due(self) -> float:
+        return self._next
+
+    def poll(self, now: float) -> Action:
+        if now < self._next:
+            return Action.NONE
+        gap = self._gaps[self.count] if self.count < len(self._gaps) else self._then
+        self.count += 1
+        self._next = now + gap
+        return Action.HEARTBEAT
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]

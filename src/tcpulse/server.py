@@ -1,0 +1,658 @@
+"""The asyncio server: moves bytes between sockets and `Connection`, timers and `Tracker`.
+
+    server = Server(ServerConfig(port=12345))
+    server.subscribe(print)              # or: async for ev in server.events(): ...
+    async with server:
+        await server.serve_forever()
+
+Everything about the protocol lives in `_connection`; everything about liveness in `liveness`.
+This module only reads, writes, arms one timer for all deadlines, and reports what happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from ._connection import DEFAULT_MAX_LINE, DEFAULT_MAX_PAYLOAD, Connection, Role
+from ._events import Ack, Bye, Err, ErrorCode, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from .events import (
+    Connected,
+    Disconnected,
+    DisconnectReason,
+    HeartbeatReceived,
+    HelloReceived,
+    Listening,
+    MessageReceived,
+    ProtocolErrorOccurred,
+    Recovered,
+    ServerEvent,
+    Status,
+    Suspect,
+    TimedOut,
+)
+from .liveness import State, Tracker, clamp_interval
+from .store import ConnectionRecord, MemoryStore, MessageRecord, SessionKey, Store
+
+__all__ = ["ClientInfo", "Server", "ServerConfig", "format_addr"]
+
+#: After an ERR or BYE the server shuts its sending side and discards input this long, so the
+#: last frame reaches the client instead of being destroyed by a reset (PROTOCOL.md, "Errors").
+LINGER = 2.0
+
+
+def format_addr(peer: Any) -> str:
+    """`host:port`, or `[v6]:port` (PROTOCOL.md, "Verbs": how a client without HELLO is known)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 12345
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 10.0
+    min_heartbeat_interval: float = 0.1
+    max_heartbeat_interval: float = 60.0
+    max_line: int = DEFAULT_MAX_LINE
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    status_every: float = 3.0
+    verbose: bool = False
+    server_id: str | None = None
+    backlog: int = 4096
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad setting and what would be right."""
+        def pos(name: str) -> None:
+            v = getattr(self, name)
+            if not v > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be greater than 0 (got {v})")
+        for name in ("heartbeat_interval", "heartbeat_timeout", "min_heartbeat_interval",
+                     "max_heartbeat_interval", "max_line", "max_payload"):
+            pos(name)
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("--heartbeat-timeout must be longer than --heartbeat-interval "
+                             f"(got {self.heartbeat_timeout} <= {self.heartbeat_interval})")
+        if self.min_heartbeat_interval > self.max_heartbeat_interval:
+            raise ValueError("--min-heartbeat-interval must not exceed --max-heartbeat-interval")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0-65535 (got {self.port})")
+        if self.status_every < 0:
+            raise ValueError("--status-every must be 0 (off) or a number of seconds")
+        if self.max_line < 64:
+            raise ValueError("--max-line must be at least 64 bytes (HELLO must fit)")
+
+
+_conn_ids = itertools.count(1)
+
+
+class ClientInfo(asyncio.Protocol):
+    """One client connection: its counters and state, and the asyncio protocol that serves it.
+
+    Public attributes are read-only for users of `Server`; `snapshot()` returns them as a dict.
+    """
+
+    __slots__ = (
+        "server", "conn", "transport", "conn_id", "addr", "id", "session", "connected_at",
+        "connected_mono", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "interval",
+        "timeout", "reason", "detail", "high", "_ping_ctx", "_ping_sent", "_linger", "_closed",
+        "_acked_sent", "closed_event",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        cfg = server.config
+        self.conn = Connection(Role.SERVER, max_line=cfg.max_line, max_payload=cfg.max_payload)
+        self.transport: asyncio.Transport | None = None
+        self.conn_id = next(_conn_ids)
+        self.addr = "?"
+        self.id: str | None = None
+        self.session: str | None = None
+        self.connected_at = time.time()
+        self.connected_mono = 0.0
+        self.heartbeats = 0
+        self.messages = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.rtt: float | None = None
+        self.interval = cfg.heartbeat_interval
+        self.timeout = cfg.heartbeat_timeout
+        self.reason: DisconnectReason | None = None
+        self.detail: str | None = None
+        #: Highest seq accepted on this connection's (id, session); duplicates are at or below.
+        self.high = 0
+        self._ping_ctx: str | None = None
+        self._ping_sent = 0.0
+        self._linger: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._acked_sent = 0
+        self.closed_event: asyncio.Event | None = None
+
+    # ---------------------------------------------------------------- public read side
+
+    @property
+    def name(self) -> str:
+        """The HELLO id, else the address (how logs and tables name a client)."""
+        return self.id if self.id is not None else self.addr
+
+    @property
+    def state(self) -> State:
+        st = self.server._tracker.state(self)
+        return st if st is not None else State.DEAD
+
+    def last_heard_ago(self, now: float | None = None) -> float:
+        last = self.server._tracker.last_heard(self)
+        if last is None:
+            return 0.0
+        if now is None:
+            now = self.server._loop_time()
+        return max(0.0, now - last)
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        return {
+            "client": self.name,
+            "id": self.id,
+            "addr": self.addr,
+            "session": self.session,
+            "connected_at": self.connected_at,
+            "last_heard_ago": round(self.last_heard_ago(now), 3),
+            "heartbeats": self.heartbeats,
+            "messages": self.messages,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "state": self.state.value,
+            "rtt": None if self.rtt is None else round(self.rtt, 6),
+            "heartbeat_interval": self.interval,
+            "heartbeat_timeout": self.timeout,
+        }
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        self.addr = format_addr(transport.get_extra_info("peername"))
+        srv = self.server
+        srv._on_connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return  # lingering after ERR/BYE: discard
+        self.bytes_in += len(data)
+        conn = self.conn
+        events = conn.receive_data(data)
+        if events:
+            self._handle(events)
+        self._flush()
+        if conn.error is not None:
+            self._protocol_error()
+        elif conn.paused and self.transport is not None:
+            # Hold further bytes back until the HELLO is answered (see Connection).
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_eof()
+        if not self._closed:
+            self._end(DisconnectReason.EOF)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reason is None:
+            if isinstance(exc, ConnectionResetError):
+                self.reason = DisconnectReason.RESET
+            elif exc is not None:
+                self.reason, self.detail = DisconnectReason.RESET, str(exc) or type(exc).__name__
+            else:
+                self.reason = DisconnectReason.EOF
+        if self._linger is not None:
+            self._linger.cancel()
+        self.server._on_connection_lost(self)
+
+    def pause_writing(self) -> None:
+        self.server._on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---------------------------------------------------------------- frames
+
+    def _handle(self, events: list[Any]) -> None:
+        srv = self.server
+        now = srv._loop_time()
+        tracker = srv._tracker
+        if tracker.touch(self, now):
+            srv._emit(Recovered(self, 0.0))
+        acks = False
+        for ev in events:
+            t = type(ev)
+            if t is Msg:
+                self.messages += 1
+                seq = ev.seq
+                if seq is not None:
+                    dup = seq <= self.high
+                    if not dup:
+                        self.high = seq
+                        srv._store_message(self, ev)
+                    acks = True
+                    if srv._wants_messages:
+                        srv._emit(MessageReceived(self, ev.payload, seq, dup))
+                else:
+                    srv._store_message(self, ev)
+                    if srv._wants_messages:
+                        srv._emit(MessageReceived(self, ev.payload, None, False))
+            elif t is Heartbeat:
+                self.heartbeats += 1
+                if srv._wants_heartbeats:
+                    srv._emit(HeartbeatReceived(self))
+            elif t is Pong:
+                if ev.ctx is not None and ev.ctx == self._ping_ctx:
+                    self.rtt = now - self._ping_sent
+                    self._ping_ctx = None
+            elif t is Hello:
+                srv._start_hello(self, ev)
+            elif t is Bye:
+                self._end(DisconnectReason.BYE, ev.reason)
+                return
+            # Ping: answered by the core already.
+        if acks and srv._store.immediate and self.high > self._acked_sent:
+            self._send_ack(self.high)
+
+    def _send_ack(self, seq: int) -> None:
+        if seq > self._acked_sent and not self._closed:
+            self._acked_sent = seq
+            self.conn.send(Ack(seq=seq))
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.bytes_out += len(out)
+            self.transport.write(out)
+
+    def send_frame(self, event: Any) -> None:
+        self.conn.send(event)
+        self._flush()
+
+    def ping(self) -> None:
+        """Send a PING to measure the round-trip time (answered PONG sets `rtt`)."""
+        if self._closed:
+            return
+        self._ping_ctx = "rtt" + secrets.token_hex(3)
+        self._ping_sent = self.server._loop_time()
+        self.send_frame(Ping(ctx=self._ping_ctx))
+
+    # ---------------------------------------------------------------- endings
+
+    def _protocol_error(self) -> None:
+        err = self.conn.error
+        assert err is not None
+        self.server._emit(ProtocolErrorOccurred(self, int(err.code), err.text))
+        self._end(DisconnectReason.ERROR, f"{int(err.code)} {err.text}", linger=True)
+
+    def fail(self, code: ErrorCode, text: str, reason: DisconnectReason = DisconnectReason.ERROR) -> None:
+        """Send `ERR code text` and close (the protocol's one way to refuse a client)."""
+        if self._closed:
+            return
+        self.conn.send(Err(code=int(code), text=text))
+        self._flush()
+        self.server._emit(ProtocolErrorOccurred(self, int(code), text))
+        self._end(reason, f"{int(code)} {text}", linger=True)
+
+    def say_bye(self, reason: str, why: DisconnectReason) -> None:
+        """Send `BYE reason` and close."""
+        if self._closed:
+            return
+        self.conn.send(Bye(reason=reason))
+        self._flush()
+        self._end(why, reason, linger=True)
+
+    def _end(self, reason: DisconnectReason, detail: str | None = None, linger: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.reason = reason
+        self.detail = detail
+        self.server._tracker.remove(self)
+        tr = self.transport
+        if tr is None:
+            return
+        if linger and tr.can_write_eof():
+            # Shut our sending side; keep reading (and discarding) until the client closes or the
+            # linger runs out, so our last frame is not destroyed by a reset.
+            with contextlib.suppress(OSError, RuntimeError):
+                tr.write_eof()
+            with contextlib.suppress(RuntimeError):
+                tr.resume_reading()
+            self._linger = self.server._loop.call_later(LINGER, tr.abort)
+        else:
+            tr.close()
+
+
+class Server:
+    """A tcpulse server.  Use `async with server:` (or `start()` / `close()`)."""
+
+    def __init__(self, config: ServerConfig | None = None, *, store: Store | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.config.validate()
+        self.server_id = self.config.server_id or secrets.token_hex(4)
+        self._store = store or MemoryStore()
+        self._store.set_commit_listener(self._on_commit)
+        self._tracker: Tracker[ClientInfo] = Tracker()
+        self._clients: set[ClientInfo] = set()
+        self._by_id: dict[str, ClientInfo] = {}
+        self._by_session: dict[SessionKey, ClientInfo] = {}
+        self._subscribers: list[Callable[[ServerEvent], None]] = []
+        self._wants_messages = False
+        self._wants_heartbeats = self.config.verbose
+        self._server: asyncio.base_events.Server | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._status_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.started_at = time.time()
+        self.totals = {"connections": 0, "messages": 0, "timeouts": 0, "heartbeats": 0, "errors": 0}
+        self._info: Info | None = None
+        self.port = 0
+        self.host = self.config.host
+        self.sockets: list[socket.socket] = []
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def clients(self) -> list[ClientInfo]:
+        """The connections open now."""
+        return list(self._clients)
+
+    def client(self, client_id: str) -> ClientInfo | None:
+        return self._by_id.get(client_id)
+
+    def subscribe(self, callback: Callable[[ServerEvent], None], *, messages: bool = True,
+                  heartbeats: bool = False) -> Callable[[], None]:
+        """Call `callback(event)` in the event loop for every event; returns an unsubscribe.
+
+        `messages` / `heartbeats`: whether this subscriber wants those (frequent) events; when no
+        subscriber does, the server does not build them at all.
+        """
+        self._subscribers.append(callback)
+        if messages:
+            self._wants_messages = True
+        if heartbeats:
+            self._wants_heartbeats = True
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+        return unsubscribe
+
+    async def events(self, maxsize: int = 10000) -> AsyncIterator[ServerEvent]:
+        """Iterate over server events.  If you fall more than `maxsize` behind, the oldest
+        events are dropped (a slow consumer must not grow the server's memory)."""
+        q: asyncio.Queue[ServerEvent] = asyncio.Queue(maxsize)
+
+        def put(ev: ServerEvent) -> None:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(ev)
+        unsubscribe = self.subscribe(put)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            unsubscribe()
+
+    def send(self, client_id: str, payload: bytes | str) -> bool:
+        """Send a message to one client (by HELLO id or address).  False if not connected."""
+        c = self._by_id.get(client_id) or next((c for c in self._clients if c.addr == client_id), None)
+        if c is None or c._closed:
+            return False
+        c.send_frame(Msg(payload=_to_bytes(payload)))
+        return True
+
+    def broadcast(self, payload: bytes | str) -> int:
+        """Send a message to every connected client; returns how many it went to."""
+        data = _to_bytes(payload)
+        n = 0
+        for c in list(self._clients):
+            if not c._closed:
+                c.send_frame(Msg(payload=data))
+                n += 1
+        return n
+
+    async def start(self) -> None:
+        """Open the store and start listening.  Raises OSError (port in use, ...) as is."""
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        await self._store.open()
+        self._info = Info(
+            server_id=self.server_id, version=__version__, heartbeat_interval=cfg.heartbeat_interval,
+            heartbeat_timeout=cfg.heartbeat_timeout, auth_required=False,
+            durable=self._store.durable, max_line=cfg.max_line, max_payload=cfg.max_payload,
+        )
+        self._server = await self._loop.create_server(
+            lambda: ClientInfo(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+        self.sockets = list(self._server.sockets)
+        sockname = self.sockets[0].getsockname()
+        self.host, self.port = sockname[0], sockname[1]
+        self.started_at = time.time()
+        self._emit(Listening(cfg.host, self.port, cfg.heartbeat_interval, cfg.heartbeat_timeout,
+                             self._store.durable))
+        if cfg.status_every > 0:
+            self._status_task = asyncio.create_task(self._status_loop(cfg.status_every))
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "call start() first"
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, send `BYE shutdown` to every client, flush the store, and wait up to
+        `grace` seconds for the clients to go before closing what is left."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._status_task is not None:
+            self._status_task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        for c in list(self._clients):
+            c.say_bye("shutdown", DisconnectReason.SHUTDOWN)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._store.flush(), grace)
+        deadline = self._loop.time() + grace
+        while self._clients and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for c in list(self._clients):
+            if c.transport is not None:
+                c.transport.abort()
+        await asyncio.sleep(0)
+        for t in list(self._tasks):
+            t.cancel()
+        await self._store.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        now = self._loop_time()
+        return [c.snapshot(now) for c in sorted(self._clients, key=lambda c: c.conn_id)]
+
+    # ---------------------------------------------------------------- internals
+
+    def _loop_time(self) -> float:
+        return self._loop.time()
+
+    def _emit(self, ev: ServerEvent) -> None:
+        for cb in self._subscribers:
+            try:
+                cb(ev)
+            except Exception as e:  # a subscriber's bug must not take the server down
+                import sys
+                print(f"tcpulse: event subscriber failed: {e!r}", file=sys.stderr)
+
+    def _on_connection_made(self, c: ClientInfo) -> None:
+        if self._closing:
+            c.fail(ErrorCode.UNAVAILABLE, "server shutting down", DisconnectReason.SHUTDOWN)
+            return
+        now = self._loop.time()
+        c.connected_mono = now
+        self._clients.add(c)
+        self.totals["connections"] += 1
+        assert self._info is not None
+        c.send_frame(self._info)
+        self._tracker.add(c, now, c.interval, c.timeout)
+        self._arm()
+        self._store.record_connection(ConnectionRecord(c.conn_id, None, c.addr, c.connected_at))
+        self._emit(Connected(c))
+
+    def _on_connection_lost(self, c: ClientInfo) -> None:
+        if c not in self._clients:
+            return
+        self._clients.discard(c)
+        self._tracker.remove(c)
+        if c.id is not None and self._by_id.get(c.id) is c:
+            del self._by_id[c.id]
+        if c.session is not None and c.id is not None:
+            key = (c.id, c.session)
+            if self._by_session.get(key) is c:
+                del self._by_session[key]
+        reason = c.reason or DisconnectReason.EOF
+        self._store.record_connection(ConnectionRecord(
+            c.conn_id, c.id, c.addr, c.connected_at, time.time(), reason.value, c.heartbeats,
+            c.messages, c.rtt))
+        self.totals["messages"] += c.messages
+        self.totals["heartbeats"] += c.heartbeats
+        if reason is DisconnectReason.ERROR:
+            self.totals["errors"] += 1
+        if c.closed_event is not None:
+            c.closed_event.set()
+        self._emit(Disconnected(c, reason, c.detail))
+
+    def _on_pause_writing(self, c: ClientInfo) -> None:
+        # The client does not read what we send: never buffer for it without bound.
+        c.reason = DisconnectReason.SLOW_CONSUMER
+        c._end(DisconnectReason.SLOW_CONSUMER, "write buffer full")
+        if c.transport is not None:
+            c.transport.abort()
+
+    def _store_message(self, c: ClientInfo, m: Msg) -> None:
+        self._store.add_message(MessageRecord(c.id or c.addr, c.session, m.seq, time.time(),
+                                              m.payload, c.conn_id))
+
+    def _on_commit(self, highs: dict[SessionKey, int]) -> None:
+        for key, seq in highs.items():
+            c = self._by_session.get(key)
+            if c is not None:
+                c._send_ack(seq)
+                c._flush()
+
+    def _start_hello(self, c: ClientInfo, hello: Hello) -> None:
+        task = asyncio.ensure_future(self._accept_hello(c, hello))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_hello(self, c: ClientInfo, hello: Hello) -> None:
+        cfg = self.config
+        interval = clamp_interval(hello.heartbeat_interval, cfg.heartbeat_interval,
+                                  cfg.min_heartbeat_interval, cfg.max_heartbeat_interval)
+        # PROTOCOL.md, "Liveness": timeout = clamped interval x the server's own ratio.
+        timeout = interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval)
+        replaced = False
+        old = self._by_id.get(hello.id)
+        if old is not None and old is not c:
+            # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is closed,
+            # everything received from it is stored, and only then does the new one get OK.
+            replaced = True
+            old.say_bye("replaced", DisconnectReason.REPLACED)
+            await self._store.flush()
+        if c._closed:
+            return
+        acked = 0
+        if hello.session is not None:
+            acked = await self._store.acked(hello.id, hello.session)
+        if c._closed:
+            return
+        c.id = hello.id
+        c.session = hello.session
+        c.interval = interval
+        c.timeout = timeout
+        c.high = acked
+        c._acked_sent = acked
+        self._by_id[hello.id] = c
+        if hello.session is not None:
+            self._by_session[(hello.id, hello.session)] = c
+        now = self._loop.time()
+        self._tracker.set_interval(c, now, interval, timeout)
+        self._arm()
+        c.send_frame(Ok(id=hello.id, heartbeat_interval=interval, heartbeat_timeout=timeout, acked=acked))
+        self._emit(HelloReceived(c, interval, timeout, hello.session, acked, replaced))
+        # Measure the round trip once, right after the handshake.
+        c.ping()
+        # Parse what arrived behind the HELLO, then read on.
+        if c.transport is not None and not c._closed:
+            c.data_received(b"")
+            if not c.conn.paused and not c._closed:
+                c.transport.resume_reading()
+
+    # ---------------------------------------------------------------- deadlines
+
+    def _arm(self) -> None:
+        due = self._tracker.next_due()
+        if due is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= due:
+                return
+            self._timer.cancel()
+        self._timer_when = due
+        self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # Timers may fire a hair early (clock resolution): never judge before the due moment.
+        now = max(self._loop.time(), self._timer_when)
+        for v in self._tracker.poll(now):
+            c = v.key
+            if v.state is State.SUSPECT:
+                self._emit(Suspect(c, v.silent_for))
+            elif v.state is State.DEAD:
+                self.totals["timeouts"] += 1
+                self._store.record_timeout(c.conn_id, c.id, time.time(), v.silent_for, v.late_by)
+                self._emit(TimedOut(c, v.silent_for, v.late_by))
+                c.say_bye("heartbeat-timeout", DisconnectReason.TIMEOUT)
+        if not self._closing:
+            self._arm()
+
+    async def _status_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self._emit(Status(self.status_rows()))
+
+
+def _to_bytes(payload: bytes | str) -> bytes:
+    return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+
+def default_server_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,109 @@
+"""Where the server keeps what it was sent.  `MemoryStore` here; `SQLiteStore` in `sqlite_store`.
+
+The server talks to a store only through this interface, and only from the event loop:
+
+- `add_message()` queues one numbered or unnumbered message; a store must never block the loop.
+- When messages are durably kept, the store calls the commit listener (in the loop) with the
+  highest stored `seq` per `(id, session)`; only then may the server send `ACK`
+  (PROTOCOL.md, "Delivery").  A store whose `immediate` is true has kept them by the time
+  `add_message()` returns, and the server acknowledges at once.
+- `flush()` returns once everything queued so far is kept (takeover, shutdown).
+- The `record_*` calls keep the history of connections and timeouts; they may be batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["CommitListener", "ConnectionRecord", "MemoryStore", "MessageRecord", "Store", "StoreUnavailable"]
+
+SessionKey = tuple[str, str]
+CommitListener = Callable[[dict[SessionKey, int]], None]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot keep anything now (locked, disk full, ...).  The server answers 503."""
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    client_id: str
+    session: str | None
+    seq: int | None
+    received_at: float  # wall clock, seconds since the epoch
+    payload: bytes
+    conn_id: int = 0
+
+
+@dataclass(slots=True)
+class ConnectionRecord:
+    conn_id: int
+    client_id: str | None
+    addr: str
+    connected_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+    heartbeats: int = 0
+    messages: int = 0
+    rtt: float | None = None
+
+
+class Store:
+    """The interface.  Subclasses override what they keep."""
+
+    durable = False
+    immediate = True
+    #: True while the store cannot write; the server stops acknowledging and sheds senders.
+    failing = False
+
+    def __init__(self) -> None:
+        self._listener: CommitListener | None = None
+
+    def set_commit_listener(self, listener: CommitListener) -> None:
+        self._listener = listener
+
+    async def open(self) -> None:
+        """Prepare the store; raise with a clear message if it cannot be used."""
+
+    async def close(self) -> None:
+        """Flush and release everything."""
+
+    async def acked(self, client_id: str, session: str) -> int:
+        """The highest stored seq of `(client_id, session)`, 0 if none."""
+        raise NotImplementedError
+
+    def add_message(self, rec: MessageRecord) -> None:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is kept."""
+
+    def record_connection(self, rec: ConnectionRecord) -> None:
+        """A connection began (ended_at None) or ended (ended_at set)."""
+
+    def record_timeout(self, conn_id: int, client_id: str | None, at: float, silent_for: float,
+                       late_by: float, phi: float | None = None) -> None:
+        """A client was timed out."""
+
+
+class MemoryStore(Store):
+    """Keeps `(id, session) -> highest seq` in memory, so duplicates are dropped and `acked` is
+    exact while the process lives (PROTOCOL.md, "Delivery": with `durable` false, `ACK` means
+    handled).  Message bodies are not kept."""
+
+    durable = False
+    immediate = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._high: dict[SessionKey, int] = {}
+
+    async def acked(self, client_id: str, session: str) -> int:
+        return self._high.get((client_id, session), 0)
+
+    def add_message(self, rec: MessageRecord) -> None:
+        if rec.seq is not None and rec.session is not None:
+            key = (rec.client_id, rec.session)
+            if rec.seq > self._high.get(key, 0):
+                self._high[key] = rec.seq
