@@ -25,6 +25,7 @@ __all__ = [
     "MessageReceived",
     "ProtocolErrorOccurred",
     "Recovered",
+    "RttMeasured",
     "ServerEvent",
     "Status",
     "Suspect",
@@ -97,6 +98,14 @@ class Recovered:
 
 
 @dataclass(frozen=True, slots=True)
+class RttMeasured:
+    """The answer to the server's PING arrived: `rtt` seconds round trip (also `client.rtt`)."""
+
+    client: ClientInfo
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
 class TimedOut:
     client: ClientInfo
     silent_for: float
@@ -132,5 +141,5 @@ class Warning_:
 
 ServerEvent = Union[
     Listening, Connected, HelloReceived, MessageReceived, HeartbeatReceived, Suspect, Recovered,
-    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_,
+    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured,
 ]

@@ -35,6 +35,7 @@ from .events import (
     MessageReceived,
     ProtocolErrorOccurred,
     Recovered,
+    RttMeasured,
     ServerEvent,
     Status,
     Suspect,
@@ -260,6 +261,7 @@ class ClientInfo(asyncio.Protocol):
                 if ev.ctx is not None and ev.ctx == self._ping_ctx:
                     self.rtt = now - self._ping_sent
                     self._ping_ctx = None
+                    srv._emit(RttMeasured(self, self.rtt))
             elif t is Hello:
                 srv._start_hello(self, ev)
             elif t is Bye:
@@ -362,7 +364,10 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.started_at = time.time()
-        self.totals = {"connections": 0, "messages": 0, "timeouts": 0, "heartbeats": 0, "errors": 0}
+        #: Counts of connections that have ended (and `connections`, `timeouts`: all so far); add the
+        #: open clients' own counters for live figures (admin.py does).
+        self.totals = {"connections": 0, "messages": 0, "timeouts": 0, "heartbeats": 0, "errors": 0,
+                       "bytes_in": 0, "bytes_out": 0}
         self._info: Info | None = None
         self.port = 0
         self.host = self.config.host
@@ -378,6 +383,11 @@ class Server:
     def clients(self) -> list[ClientInfo]:
         """The connections open now."""
         return list(self._clients)
+
+    @property
+    def accepting(self) -> bool:
+        """True while the server listens and takes new connections (the admin's /healthz)."""
+        return self._server is not None and self._server.is_serving() and not self._closing
 
     def client(self, client_id: str) -> ClientInfo | None:
         return self._by_id.get(client_id)
@@ -543,6 +553,8 @@ class Server:
             c.messages, c.rtt))
         self.totals["messages"] += c.messages
         self.totals["heartbeats"] += c.heartbeats
+        self.totals["bytes_in"] += c.bytes_in
+        self.totals["bytes_out"] += c.bytes_out
         if reason is DisconnectReason.ERROR:
             self.totals["errors"] += 1
         if c.closed_event is not None:
