@@ -14,19 +14,23 @@ from __future__ import annotations
 import enum
 import heapq
 import math
+from array import array
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Generic, TypeVar
 
 __all__ = [
+    "SUSPECT_RATIO",
     "Action",
     "ClientLiveness",
     "Detector",
     "FixedDetector",
-    "State",
-    "SUSPECT_RATIO",
-    "Tracker",
+    "PhiDetector",
+    "PhiSettings",
     "ScheduledBeats",
+    "State",
+    "Tracker",
     "Verdict",
     "clamp_interval",
 ]
@@ -78,19 +82,146 @@ class Detector:
         """Seconds of silence after which the client is dead."""
         return timeout
 
+    def phi(self, silent_for: float, interval: float) -> float | None:
+        """The suspicion level after `silent_for` seconds of silence (None: not an accrual
+        detector)."""
+        return None
+
 
 class FixedDetector(Detector):
     __slots__ = ()
 
 
-class _Entry:
-    __slots__ = ("key", "last", "interval", "timeout", "state", "detector", "since")
+@dataclass(frozen=True, slots=True)
+class PhiSettings:
+    """Settings of the phi accrual detector, shared by all clients of a server.
 
-    def __init__(self, key: Hashable, now: float, interval: float, timeout: float,
-                 detector: Detector | None) -> None:
-        self.key = key
+    As in Akka and Cassandra: a `threshold` on phi (8: a live client would stay silent that long
+    with probability 10^-8), a floor on the standard deviation so that a very regular client is
+    not judged on noise, and an acceptable pause added to the mean.  Unlike Akka, whose interval
+    is one per cluster, tcpulse clients each have their own interval, so `min_std` and
+    `acceptable_pause` are fractions of the client's interval, not seconds.  `window`: how many
+    recent arrival gaps each client's history keeps.
+    """
+
+    threshold: float = 8.0
+    min_std: float = 0.1
+    acceptable_pause: float = 0.0
+    window: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"--phi-threshold must be greater than 0 (got {self.threshold})")
+        if not self.min_std > 0:
+            raise ValueError(f"--phi-min-std must be greater than 0 (got {self.min_std})")
+        if not self.acceptable_pause >= 0:
+            raise ValueError(f"--phi-acceptable-pause must be 0 or more (got {self.acceptable_pause})")
+        if not 2 <= self.window <= 10_000:
+            raise ValueError(f"--phi-window must be 2-10000 (got {self.window})")
+
+    @property
+    def z(self) -> float:
+        """Standard deviations above the mean at which phi reaches the threshold."""
+        return _z_for(self.threshold)
+
+
+_Z_CACHE: dict[float, float] = {}
+
+
+def _z_for(threshold: float) -> float:
+    # phi = -log10(P(gap > t)) under a normal distribution of gaps, so phi crosses the
+    # threshold where the upper tail holds 10^-threshold: z = -inv_cdf(10^-threshold).
+    z = _Z_CACHE.get(threshold)
+    if z is None:
+        z = _Z_CACHE[threshold] = -NormalDist().inv_cdf(10.0 ** -threshold)
+    return z
+
+
+_LOG10_2 = math.log10(2.0)
+#: phi beyond this is shown as this: the normal tail underflows past ~10^-300 anyway.
+PHI_MAX = 300.0
+
+
+class PhiDetector(Detector):
+    """Phi accrual failure detector (Hayashibara et al., 2004), one per client.
+
+    Learns the mean and standard deviation of the client's arrival gaps over a bounded window,
+    with running sums, so `on_heartbeat` is O(1) (and allocates nothing).  `Tracker` schedules
+    deadlines, not phi checks, so the detector answers `dead_after()`: the silence at which phi
+    crosses the threshold, mean + acceptable pause + z * std.  Until the client has a history,
+    the estimate starts from its stated interval with a deviation of a quarter of it, as Akka's
+    first-heartbeat estimate does.
+    """
+
+    __slots__ = ("_count", "_gaps", "_next", "_sum", "_sumsq", "settings")
+
+    def __init__(self, interval: float, settings: PhiSettings | None = None) -> None:
+        self.settings = settings or PhiSettings()
+        self._gaps = array("d", bytes(8 * self.settings.window))
+        self._next = 0
+        self._count = 0
+        self._sum = 0.0
+        self._sumsq = 0.0
+        # Two seed gaps: mean `interval`, standard deviation `interval / 4`.
+        self.on_heartbeat(interval * 0.75)
+        self.on_heartbeat(interval * 1.25)
+
+    def on_heartbeat(self, gap: float) -> None:
+        gaps = self._gaps
+        i = self._next
+        if self._count == len(gaps):
+            old = gaps[i]
+            self._sum -= old
+            self._sumsq -= old * old
+        else:
+            self._count += 1
+        gaps[i] = gap
+        self._sum += gap
+        self._sumsq += gap * gap
+        i += 1
+        if i == len(gaps):
+            i = 0
+            # Once per window, recompute the sums from scratch so that rounding errors of the
+            # subtractions never pile up (amortised O(1)).
+            self._sum = math.fsum(gaps)
+            self._sumsq = math.fsum(g * g for g in gaps)
+        self._next = i
+
+    @property
+    def mean(self) -> float:
+        return self._sum / self._count
+
+    @property
+    def std(self) -> float:
+        n = self._count
+        m = self._sum / n
+        return math.sqrt(max(0.0, self._sumsq / n - m * m))
+
+    def _params(self, interval: float) -> tuple[float, float]:
+        st = self.settings
+        return self.mean + st.acceptable_pause * interval, max(self.std, st.min_std * interval)
+
+    def dead_after(self, interval: float, timeout: float) -> float:
+        mean, std = self._params(interval)
+        return mean + self.settings.z * std
+
+    def phi(self, silent_for: float, interval: float) -> float:
+        mean, std = self._params(interval)
+        # P(a live client's gap exceeds silent_for) = 1/2 erfc(y / sqrt 2); phi = -log10 of it.
+        p = math.erfc((silent_for - mean) / (std * math.sqrt(2.0)))
+        if p <= 0.0:
+            return PHI_MAX
+        return min(PHI_MAX, max(0.0, _LOG10_2 - math.log10(p)))
+
+
+class _Entry:
+    # `queued`: the tie-breaking number of this client's one live heap entry; any other heap
+    # entry for the client is stale and dropped when it comes due, without a push.
+    __slots__ = ("detector", "interval", "last", "queued", "state", "timeout")
+
+    def __init__(self, now: float, interval: float, timeout: float, detector: Detector | None) -> None:
         self.last = now
-        self.since = now
+        self.queued = 0
         self.interval = interval
         self.timeout = timeout
         self.state = State.ALIVE
@@ -114,9 +245,9 @@ class Tracker(Generic[K]):
     def add(self, key: K, now: float, interval: float, timeout: float,
             detector: Detector | None = None) -> None:
         """Start watching `key`, last heard at `now`.  Replaces an earlier entry for `key`."""
-        e = _Entry(key, now, interval, timeout, detector)
+        e = _Entry(now, interval, timeout, detector)
         self._entries[key] = e
-        self._push(key, self._next_for(e))
+        self._push(key, e)
 
     def set_interval(self, key: K, now: float, interval: float, timeout: float) -> None:
         """Change the interval and timeout in force (after HELLO); counts as hearing from it."""
@@ -126,9 +257,9 @@ class Tracker(Generic[K]):
         e.interval = interval
         e.timeout = timeout
         e.last = now
-        # The new deadline may be earlier than the queued entry: queue it too (the old one
-        # goes stale and is skipped when it comes due).
-        self._push(key, self._next_for(e))
+        # The new deadline may be earlier than the queued entry: queue it (the old one goes
+        # stale and is skipped when it comes due).
+        self._push(key, e)
 
     def touch(self, key: K, now: float) -> bool:
         """`key` was heard from at `now`.  O(1).  Returns True when it had been suspect."""
@@ -141,6 +272,9 @@ class Tracker(Generic[K]):
         e.last = now
         if e.state is State.SUSPECT:
             e.state = State.ALIVE
+            # Rare (a suspect came back): its queued entry is for its old deadline, which an
+            # adaptive detector may now put after the new suspect moment; queue that instead.
+            self._push(key, e)
             return True
         return False
 
@@ -156,6 +290,13 @@ class Tracker(Generic[K]):
         e = self._entries.get(key)
         return None if e is None else e.last
 
+    def phi(self, key: K, now: float) -> float | None:
+        """The accrual detector's suspicion level of `key` at `now` (None: fixed detector)."""
+        e = self._entries.get(key)
+        if e is None or e.detector is None:
+            return None
+        return e.detector.phi(now - e.last, e.interval)
+
     def deadline(self, key: K) -> float | None:
         """When `key` will be declared dead if nothing arrives."""
         e = self._entries.get(key)
@@ -165,9 +306,13 @@ class Tracker(Generic[K]):
         """The earliest moment `poll()` may have something to report (None: nothing watched)."""
         heap = self._heap
         entries = self._entries
-        while heap and heap[0][2] not in entries:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        while heap:
+            _, n, key = heap[0]
+            e = entries.get(key)
+            if e is not None and e.queued == n:
+                return heap[0][0]
+            heapq.heappop(heap)  # stale: the client is gone or has a newer entry
+        return None
 
     def poll(self, now: float) -> list[Verdict[K]]:
         """Every change of state due at `now`: clients turning suspect, and dead ones.
@@ -178,10 +323,10 @@ class Tracker(Generic[K]):
         heap = self._heap
         entries = self._entries
         while heap and heap[0][0] <= now:
-            due, _, key = heapq.heappop(heap)
+            _due, n, key = heapq.heappop(heap)
             e = entries.get(key)
-            if e is None:
-                continue
+            if e is None or e.queued != n:
+                continue  # stale
             dead_at = e.last + self._dead_after(e)
             if now >= dead_at:
                 del entries[key]
@@ -191,10 +336,7 @@ class Tracker(Generic[K]):
             if e.state is State.ALIVE and now >= suspect_at:
                 e.state = State.SUSPECT
                 out.append(Verdict(key, State.SUSPECT, now - e.last, max(0.0, now - suspect_at), suspect_at))
-            nxt = self._next_for(e)
-            if nxt > due:
-                self._push(key, nxt)
-            # else: a newer entry for this key is queued already (set_interval); nothing to do.
+            self._push(key, e)
         return out
 
     def keys(self) -> Iterable[K]:
@@ -214,9 +356,10 @@ class Tracker(Generic[K]):
             return min(e.last + SUSPECT_RATIO * e.interval, dead_at)
         return dead_at
 
-    def _push(self, key: K, when: float) -> None:
+    def _push(self, key: K, e: _Entry) -> None:
         self._counter += 1
-        heapq.heappush(self._heap, (when, self._counter, key))
+        e.queued = self._counter
+        heapq.heappush(self._heap, (self._next_for(e), self._counter, key))
 
 
 class Action(enum.Enum):
@@ -237,7 +380,7 @@ class ClientLiveness:
     and `poll(now)` at `next_due()`.
     """
 
-    __slots__ = ("interval", "timeout", "last_sent", "last_received", "ping_sent_at")
+    __slots__ = ("interval", "last_received", "last_sent", "ping_sent_at", "timeout")
 
     def __init__(self, now: float, interval: float, timeout: float) -> None:
         self.interval = interval
@@ -275,7 +418,7 @@ class ScheduledBeats:
     """The original exercise's client: beats at fixed moments, never PINGs, never judges the
     server.  `intervals` are the gaps after each beat (the seed demo: 5, 5, then 100 for ever)."""
 
-    __slots__ = ("_gaps", "_then", "_next", "count")
+    __slots__ = ("_gaps", "_next", "_then", "count")
 
     def __init__(self, now: float, gaps: list[float], then: float) -> None:
         self._gaps = list(gaps)
