@@ -218,8 +218,8 @@ class Connection:
 
     __slots__ = (
         "role", "max_line", "max_payload", "error", "closed", "hello", "info", "paused",
-        "auth_required", "peer_caps_known", "_pending", "_payload", "_payload_need", "_payload_seq",
-        "_ending", "_out", "_seen_frame", "_next_seq", "_hello_sent", "_bye_received", "_sent_close",
+        "auth_required", "auto_pong", "peer_caps_known", "_pending", "_payload", "_payload_need", "_payload_seq",
+        "_ending", "_out", "_err_out", "_seen_frame", "_next_seq", "_hello_sent", "_bye_received", "_sent_close",
     )
 
     def __init__(self, role: Role, *, max_line: int = DEFAULT_MAX_LINE,
@@ -241,12 +241,16 @@ class Connection:
         self.paused = False
         self.auth_required = False
         self.peer_caps_known = role is Role.SERVER
+        #: Answer PING here (the default).  A server that rate-limits PINGs sets it False and
+        #: answers with `send(Pong(...))` only the PINGs it allows (PROTOCOL.md, "Errors", 429).
+        self.auto_pong = True
         self._pending = b""
         self._payload: bytearray | None = None
         self._payload_need = 0
         self._payload_seq: int | None = None
         self._ending = 0  # after a payload: 0 = want CR or LF, 1 = had CR, want LF
         self._out = bytearray()
+        self._err_out = b""
         self._seen_frame = False
         self._next_seq = 0  # 0 = numbering not open yet (no OK sent, or no session)
         self._hello_sent = False
@@ -273,6 +277,14 @@ class Connection:
             self._fail(e.code, e.text)
         return events
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held between reads: a partial control line or payload (within the caps), and,
+        while `paused`, the bytes held back behind HELLO.  A server adds these up across its
+        connections to bound its memory (PROTOCOL.md, "Framing")."""
+        p = self._payload
+        return len(self._pending) + (0 if p is None else len(p))
+
     def receive_eof(self) -> None:
         """The peer closed its sending side.  A frame cut short by it is simply lost."""
         self.closed = True
@@ -284,8 +296,9 @@ class Connection:
         self.paused = False
         if self.role is Role.SERVER and not self._sent_close:
             # PROTOCOL.md, "Errors": the ERR goes out, then the server closes; never BYE after.
-            self._out += b"ERR %d %s\n" % (int(code), text.encode("utf-8"))
-        self._sent_close = True
+            # It is queued behind whatever the caller sends in answer to the frames that came
+            # before the bad one (their ACKs), and goes out with the next data_to_send().
+            self._err_out = b"ERR %d %s\n" % (int(code), text.encode("utf-8"))
         self.closed = True
 
     def _parse(self, data: bytes, events: list[Event]) -> None:
@@ -438,7 +451,8 @@ class Connection:
         if verb == b"PING":
             ctx = _ctx(rest, "PING")
             # PROTOCOL.md, "Verbs": the peer answers PONG with the same ctx.
-            self._out += b"PONG\n" if rest is None else b"PONG " + rest + b"\n"
+            if self.auto_pong:
+                self._out += b"PONG\n" if rest is None else b"PONG " + rest + b"\n"
             return Ping(ctx=ctx)
         if verb == b"PONG":
             return Pong(ctx=_ctx(rest, "PONG"))
@@ -528,12 +542,21 @@ class Connection:
                 raise ValueError("ACK is server to client only")
             out += b"ACK %d\n" % event.seq
         elif isinstance(event, Bye):
+            if self.error is not None:
+                return  # PROTOCOL.md, "Errors": BYE never follows ERR
             out += b"BYE\n" if event.reason is None else b"BYE %s\n" % event.reason.encode()
             self._sent_close = True
             self.closed = True
         elif isinstance(event, Err):
             if not server:
                 raise ValueError("ERR is server to client only")
+            if self._err_out:
+                return  # a bad frame's ERR is queued already: one ERR per connection
+            if event.code == ErrorCode.TOO_MANY and self.error is None:
+                # PROTOCOL.md, "Errors": after a 429 the frame is dropped and the connection goes
+                # on; the caller closes (after another ERR 429) a client that keeps on.
+                out += b"ERR %d %s\n" % (event.code, event.text.encode("utf-8"))
+                return
             if self.error is None:
                 code = ErrorCode(event.code) if event.code in _CODES else ErrorCode.BAD_FRAME
                 self.error = ProtocolError(code, event.text)
@@ -568,6 +591,10 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """The bytes queued by `send()` and by automatic replies; you must write them out."""
+        if self._err_out:
+            self._out += self._err_out
+            self._err_out = b""
+            self._sent_close = True
         if not self._out:
             return b""
         out = bytes(self._out)

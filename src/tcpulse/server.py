@@ -219,6 +219,7 @@ class ClientInfo(asyncio.Protocol):
                 self.reason = DisconnectReason.EOF
         if self._linger is not None:
             self._linger.cancel()
+        self.server._open.discard(self)
         self.server._on_connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -246,6 +247,9 @@ class ClientInfo(asyncio.Protocol):
                     if not dup:
                         self.high = seq
                         srv._store_message(self, ev)
+                    else:
+                        # PROTOCOL.md, "Delivery": a duplicate is acknowledged again.
+                        self._acked_sent = min(self._acked_sent, seq - 1)
                     acks = True
                     if srv._wants_messages:
                         srv._emit(MessageReceived(self, ev.payload, seq, dup))
@@ -325,7 +329,8 @@ class ClientInfo(asyncio.Protocol):
         self._closed = True
         self.reason = reason
         self.detail = detail
-        self.server._tracker.remove(self)
+        # The client is gone as far as anyone can tell; only the socket may linger a while.
+        self.server._on_connection_lost(self)
         tr = self.transport
         if tr is None:
             return
@@ -352,6 +357,8 @@ class Server:
         self._store.set_commit_listener(self._on_commit)
         self._tracker: Tracker[ClientInfo] = Tracker()
         self._clients: set[ClientInfo] = set()
+        #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
+        self._open: set[ClientInfo] = set()
         self._by_id: dict[str, ClientInfo] = {}
         self._by_session: dict[SessionKey, ClientInfo] = {}
         self._subscribers: list[Callable[[ServerEvent], None]] = []
@@ -487,9 +494,9 @@ class Server:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._store.flush(), grace)
         deadline = self._loop.time() + grace
-        while self._clients and self._loop.time() < deadline:
+        while self._open and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for c in list(self._clients):
+        for c in list(self._open):
             if c.transport is not None:
                 c.transport.abort()
         await asyncio.sleep(0)
@@ -527,6 +534,7 @@ class Server:
             return
         now = self._loop.time()
         c.connected_mono = now
+        self._open.add(c)
         self._clients.add(c)
         self.totals["connections"] += 1
         assert self._info is not None
