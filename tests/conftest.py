@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -115,26 +117,30 @@ class ServerProcess:
         self.proc = subprocess.Popen(tcpulse_cmd(*self.args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd)
         self.events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
         first = self.next_event(timeout=20)
         assert first["event"] == "listening", first
         self.port: int = first["port"]
 
     def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no event from the server within {timeout:.1f} s; stderr: {self.stderr_now()}") from None
+        if line is None:
+            raise EOFError(f"server exited ({self.proc.poll()}); stderr: {self.stderr_now()}")
+        ev = json.loads(line)
+        self.events.append(ev)
+        return dict(ev)
+
+    def _pump(self) -> None:
+        # A thread reads stdout line by line (a selector on a buffered pipe misses lines).
         assert self.proc.stdout is not None
-        import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise TimeoutError(f"no event from the server within {timeout} s; stderr: {self.stderr_now()}")
-            line = self.proc.stdout.readline()
-            if not line:
-                raise EOFError(f"server exited ({self.proc.poll()}); stderr: {self.stderr_now()}")
-            ev = json.loads(line)
-            self.events.append(ev)
-            return dict(ev)
+        for line in self.proc.stdout:
+            if line.strip():
+                self._lines.put(line)
+        self._lines.put(None)
 
     def wait_event(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         end = time.monotonic() + timeout
@@ -158,11 +164,14 @@ class ServerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def rest_of_stdout(self) -> list[dict[str, Any]]:
-        assert self.proc.stdout is not None
-        out = [json.loads(ln) for ln in self.proc.stdout.read().splitlines() if ln.strip()]
-        self.events.extend(out)
-        return out
+    def rest_of_stdout(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Every event still to come, up to the server's exit (call after stopping it)."""
+        out = []
+        while True:
+            try:
+                out.append(self.next_event(timeout))
+            except EOFError:
+                return out
 
 
 @pytest.fixture
