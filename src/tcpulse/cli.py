@@ -94,6 +94,8 @@ def main() -> None:
 # command reads as a list of what the server can do.
 # -- store (delivery and history) --
 # -- admin (HTTP API, metrics, dashboard) --
+@click.option("--admin", default=None, metavar="HOST:PORT",
+              help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
 # -- security and limits --
 # -- scale and detection --
 @lang_option
@@ -124,6 +126,10 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     server = Server(cfg)
     server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
+    admin = None
+    if extra.get("admin"):
+        from .cli_status import AdminForServe
+        admin = AdminForServe(server, extra["admin"], log)
     try:
         await server.start()
     except OSError as e:
@@ -136,6 +142,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
             fail(f"not allowed to listen on port {cfg.port}: use a port above 1023")
         fail(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
     # -- feature start: what runs beside the listening server (admin endpoint, ...) --
+    if admin is not None:
+        await admin.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -152,6 +160,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     await stop.wait()
     await server.close(grace)
     # -- feature stop --
+    if admin is not None:
+        await admin.close()
     return 0
 
 
@@ -353,3 +363,5 @@ async def _connect(opts: ConnectOptions) -> int:
         _say(_("All messages acknowledged"))
     _say(_("Disconnected from the server"))
     return 0
+
+from . import cli_status  # noqa: E402,F401
