@@ -127,7 +127,8 @@ class ServerProcess:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"no event from the server within {timeout:.1f} s; stderr: {self.stderr_now()}") from None
+            raise TimeoutError(f"no event from the server within {timeout:.1f} s; "
+                               f"stderr: {self.stderr_now()}") from None
         if line is None:
             raise EOFError(f"server exited ({self.proc.poll()}); stderr: {self.stderr_now()}")
         ev = json.loads(line)

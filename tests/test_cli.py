@@ -100,7 +100,8 @@ def test_port_zero_says_which_port_and_text_log(tmp_path: Any) -> None:
     try:
         assert p.stdout is not None
         first = p.stdout.readline()
-        m = re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Server started, listening on 127\.0\.0\.1:(\d+)$", first.strip())
+        stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] "
+        m = re.match(stamp + r"Server started, listening on 127\.0\.0\.1:(\d+)$", first.strip())
         assert m, first
         port = int(m.group(1))
         assert "Heartbeat threshold: 10 s" in p.stdout.readline()
@@ -190,7 +191,7 @@ def test_client_reports_dead_server_with_no_reconnect(tmp_path: Any) -> None:
     p = subprocess.Popen(tcpulse_cmd("connect", "--port", str(port), "--id", "d", "--no-reconnect"),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    out, err = p.communicate(timeout=20)
+    out, _err = p.communicate(timeout=20)
     assert p.returncode == 1
     assert "no answer from the server" in out
     assert time.monotonic() - t0 < 7

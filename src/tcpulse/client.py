@@ -145,6 +145,8 @@ class Client:
         self._all_acked.set()
         self._ping_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._leftover: list[Any] = []
+        self._live: ClientLiveness | ScheduledBeats | None = None
 
     # ---------------------------------------------------------------- public API
 
@@ -185,7 +187,7 @@ class Client:
         try:
             await asyncio.wait_for(self._all_acked.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def ping(self) -> float:
@@ -264,8 +266,6 @@ class Client:
             if self._live is not None:
                 self._live.on_sent(asyncio.get_running_loop().time())
 
-    _live: ClientLiveness | ScheduledBeats | None = None
-
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             return await asyncio.wait_for(asyncio.open_connection(
@@ -276,7 +276,7 @@ class Client:
             raise ConnectError(f"connection to {self.host}:{self.port} refused: is the server running?") from e
         except ssl.SSLError as e:
             raise ConnectError(f"TLS handshake with {self.host}:{self.port} failed: {e.reason or e}") from e
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise ConnectError(f"no answer from {self.host}:{self.port} within {self.connect_timeout:g} s") from e
         except socket.gaierror as e:
             raise ConnectError(f"cannot resolve host {self.host!r}: {e.strerror}") from e
@@ -331,12 +331,10 @@ class Client:
                         return
                     elif isinstance(ev, Bye):
                         raise ConnectError(f"server said BYE {ev.reason or ''}".strip())
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise ConnectError("the server did not complete the handshake in time") from e
         except (EOFError, ConnectionError, OSError) as e:
             raise ConnectError(f"connection lost during the handshake: {e}") from e
-
-    _leftover: list[Any] = []
 
     def _after_ok(self, ok: Ok) -> None:
         loop = asyncio.get_running_loop()
@@ -441,7 +439,8 @@ class Client:
                     self._ping_sent[ctx] = loop.time()
                     self._write(Ping(ctx=ctx))
                 elif act is Action.DEAD:
-                    raise ServerDead(f"no answer from the server within {live.timeout:g} s")
+                    timeout = live.timeout if isinstance(live, ClientLiveness) else 0.0
+                    raise ServerDead(f"no answer from the server within {timeout:g} s")
         finally:
             if read_task is not None:
                 if not read_task.done():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from ._i18n import _
@@ -38,12 +38,12 @@ _ESCAPES.update({0x5C: "\\\\", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\
 
 
 def escape(text: str) -> str:
-    return text.translate(_ESCAPES)
+    return str(text.translate(_ESCAPES))
 
 
 def iso_ts(t: float | None = None) -> str:
     """ISO 8601, UTC, milliseconds: `2025-04-10T07:32:44.123Z`."""
-    dt = datetime.now(timezone.utc) if t is None else datetime.fromtimestamp(t, timezone.utc)
+    dt = datetime.now(UTC) if t is None else datetime.fromtimestamp(t, UTC)
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

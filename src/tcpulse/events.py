@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Connected",
-    "Disconnected",
     "DisconnectReason",
+    "Disconnected",
     "HeartbeatReceived",
     "HelloReceived",
     "Listening",
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class DisconnectReason(str, enum.Enum):
+class DisconnectReason(enum.StrEnum):
     """Why a connection ended (the `reason` of the JSON log's `disconnect` event)."""
 
     BYE = "bye"
