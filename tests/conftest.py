@@ -113,7 +113,9 @@ class ServerProcess:
     """`tcpulse serve --port 0 --log-format json ...` in a subprocess; events read from stdout."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
-        self.args = ["serve", "--port", "0", "--log-format", "json", "--status-every", "0", *args]
+        # No store unless a test asks for one (`--db PATH`): nothing is left in the working directory.
+        db = [] if "--db" in args else ["--db", "none"]
+        self.args = ["serve", "--port", "0", "--log-format", "json", "--status-every", "0", *db, *args]
         self.proc = subprocess.Popen(tcpulse_cmd(*self.args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd)
         self.events: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ from ._i18n import _, set_language
 from .client import Client, ClientEvent, ConnectError, ServerError, default_id
 from .console import ConsoleLog, escape
 from .server import Server, ServerConfig
+from .store import StoreOpenError
 
 __all__ = ["main", "run_loop"]
 
@@ -93,6 +94,9 @@ def main() -> None:
 # Feature options.  Each feature keeps its options in its own block below, so that the serve
 # command reads as a list of what the server can do.
 # -- store (delivery and history) --
+@click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH|none",
+              help="SQLite file that keeps connections, timeouts and messages (created if missing); "
+                   "'none' keeps nothing, and ACK then means handled, not stored.")
 # -- admin (HTTP API, metrics, dashboard) --
 @click.option("--admin", default=None, metavar="HOST:PORT",
               help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
@@ -126,12 +130,16 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     server = Server(cfg)
     server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
+    from .cli_history import attach_store
+    attach_store(server, extra.get("db"))
     admin = None
     if extra.get("admin"):
         from .cli_status import AdminForServe
         admin = AdminForServe(server, extra["admin"], log)
     try:
         await server.start()
+    except StoreOpenError as e:
+        fail(str(e))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             fail(f"port {cfg.port} on {cfg.host} is already in use: stop the other server or "
@@ -365,3 +373,4 @@ async def _connect(opts: ConnectOptions) -> int:
     return 0
 
 from . import cli_status  # noqa: E402,F401
+from . import cli_history  # noqa: E402,F401

@@ -40,9 +40,10 @@ from .events import (
     Status,
     Suspect,
     TimedOut,
+    Warning_,
 )
 from .liveness import State, Tracker, clamp_interval
-from .store import ConnectionRecord, MemoryStore, MessageRecord, SessionKey, Store
+from .store import ConnectionRecord, MemoryStore, MessageRecord, SessionKey, Store, StoreUnavailable
 
 __all__ = ["ClientInfo", "Server", "ServerConfig", "format_addr"]
 
@@ -109,7 +110,7 @@ class ClientInfo(asyncio.Protocol):
         "server", "conn", "transport", "conn_id", "addr", "id", "session", "connected_at",
         "connected_mono", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "interval",
         "timeout", "reason", "detail", "high", "_ping_ctx", "_ping_sent", "_linger", "_closed",
-        "_acked_sent", "closed_event",
+        "_acked_sent", "closed_event", "stored",
     )
 
     def __init__(self, server: Server) -> None:
@@ -139,6 +140,8 @@ class ClientInfo(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._closed = False
         self._acked_sent = 0
+        #: Highest seq of this (id, session) the store has committed (durable stores only).
+        self.stored = 0
         self.closed_event: asyncio.Event | None = None
 
     # ---------------------------------------------------------------- public read side
@@ -245,6 +248,11 @@ class ClientInfo(asyncio.Protocol):
                 if seq is not None:
                     dup = seq <= self.high
                     if not dup:
+                        if srv._store.failing:
+                            # PROTOCOL.md, "Errors", 429/503: never drop a numbered MSG silently.
+                            self.fail(ErrorCode.UNAVAILABLE, "store unavailable: keep your messages "
+                                      "and send them again after reconnecting")
+                            return
                         self.high = seq
                         srv._store_message(self, ev)
                     else:
@@ -272,8 +280,12 @@ class ClientInfo(asyncio.Protocol):
                 self._end(DisconnectReason.BYE, ev.reason)
                 return
             # Ping: answered by the core already.
-        if acks and srv._store.immediate and self.high > self._acked_sent:
-            self._send_ack(self.high)
+        if acks:
+            # A durable store acknowledges on commit (Server._on_commit); here only what it has
+            # committed already, for duplicates of it.
+            top = self.high if srv._store.immediate else self.stored
+            if top > self._acked_sent:
+                self._send_ack(top)
 
     def _send_ack(self, seq: int) -> None:
         if seq > self._acked_sent and not self._closed:
@@ -301,6 +313,8 @@ class ClientInfo(asyncio.Protocol):
     # ---------------------------------------------------------------- endings
 
     def _protocol_error(self) -> None:
+        if self._closed:
+            return  # closed by fail() already, which reported it
         err = self.conn.error
         assert err is not None
         self.server._emit(ProtocolErrorOccurred(self, int(err.code), err.text))
@@ -353,8 +367,8 @@ class Server:
         self.config = config or ServerConfig()
         self.config.validate()
         self.server_id = self.config.server_id or secrets.token_hex(4)
-        self._store = store or MemoryStore()
-        self._store.set_commit_listener(self._on_commit)
+        self._store: Store = MemoryStore()
+        self.use_store(store or self._store)
         self._tracker: Tracker[ClientInfo] = Tracker()
         self._clients: set[ClientInfo] = set()
         #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
@@ -385,6 +399,12 @@ class Server:
     @property
     def store(self) -> Store:
         return self._store
+
+    def use_store(self, store: Store) -> None:
+        """Keep messages and history in `store` (call before `start()`)."""
+        self._store = store
+        store.set_commit_listener(self._on_commit)
+        store.set_state_listener(self._on_store_state)
 
     @property
     def clients(self) -> list[ClientInfo]:
@@ -558,7 +578,7 @@ class Server:
         reason = c.reason or DisconnectReason.EOF
         self._store.record_connection(ConnectionRecord(
             c.conn_id, c.id, c.addr, c.connected_at, time.time(), reason.value, c.heartbeats,
-            c.messages, c.rtt))
+            c.messages, c.rtt, c.detail))
         self.totals["messages"] += c.messages
         self.totals["heartbeats"] += c.heartbeats
         self.totals["bytes_in"] += c.bytes_in
@@ -584,8 +604,20 @@ class Server:
         for key, seq in highs.items():
             c = self._by_session.get(key)
             if c is not None:
+                if seq > c.stored:
+                    c.stored = seq
                 c._send_ack(seq)
                 c._flush()
+
+    def _on_store_state(self, failing: bool, text: str) -> None:
+        # PROTOCOL.md, "Errors", 503: a numbered sender with unacknowledged messages is closed,
+        # so that it keeps them and sends them again once the store can write.
+        self._emit(Warning_(text, {"store": "failing" if failing else "ok"}))
+        if failing:
+            for c in list(self._clients):
+                if c.session is not None and c.high > c._acked_sent:
+                    c.fail(ErrorCode.UNAVAILABLE, "store unavailable: keep your messages and send "
+                           "them again after reconnecting")
 
     def _start_hello(self, c: ClientInfo, hello: Hello) -> None:
         task = asyncio.ensure_future(self._accept_hello(c, hello))
@@ -599,18 +631,25 @@ class Server:
         # PROTOCOL.md, "Liveness": timeout = clamped interval x the server's own ratio.
         timeout = interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval)
         replaced = False
-        old = self._by_id.get(hello.id)
-        if old is not None and old is not c:
-            # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is closed,
-            # everything received from it is stored, and only then does the new one get OK.
-            replaced = True
-            old.say_bye("replaced", DisconnectReason.REPLACED)
-            await self._store.flush()
-        if c._closed:
+        if hello.session is not None and self._store.failing:
+            c.fail(ErrorCode.UNAVAILABLE, "store unavailable: try again later")
             return
         acked = 0
-        if hello.session is not None:
-            acked = await self._store.acked(hello.id, hello.session)
+        try:
+            old = self._by_id.get(hello.id)
+            if old is not None and old is not c:
+                # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is closed,
+                # everything received from it is stored, and only then does the new one get OK.
+                replaced = True
+                old.say_bye("replaced", DisconnectReason.REPLACED)
+                await self._store.flush()
+            if c._closed:
+                return
+            if hello.session is not None:
+                acked = await self._store.acked(hello.id, hello.session)
+        except StoreUnavailable as e:
+            c.fail(ErrorCode.UNAVAILABLE, f"store unavailable: try again later ({e})")
+            return
         if c._closed:
             return
         c.id = hello.id
@@ -619,9 +658,11 @@ class Server:
         c.timeout = timeout
         c.high = acked
         c._acked_sent = acked
+        c.stored = acked
         self._by_id[hello.id] = c
         if hello.session is not None:
             self._by_session[(hello.id, hello.session)] = c
+        self._store.record_connection(ConnectionRecord(c.conn_id, c.id, c.addr, c.connected_at))
         now = self._loop.time()
         self._tracker.set_interval(c, now, interval, timeout)
         self._arm()

@@ -9,6 +9,9 @@ The server talks to a store only through this interface, and only from the event
   `add_message()` returns, and the server acknowledges at once.
 - `flush()` returns once everything queued so far is kept (takeover, shutdown).
 - The `record_*` calls keep the history of connections and timeouts; they may be batched.
+- When the store cannot write, it sets `failing` and calls the state listener (in the loop) with
+  `(True, why)`; when it can again, with `(False, why)`.  Meanwhile the server acknowledges
+  nothing and closes numbered senders with `ERR 503` (PROTOCOL.md, "Errors").
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["CommitListener", "ConnectionRecord", "MemoryStore", "MessageRecord", "Store", "StoreUnavailable"]
+__all__ = [
+    "CommitListener", "ConnectionRecord", "MemoryStore", "MessageRecord", "StateListener", "Store",
+    "StoreOpenError", "StoreUnavailable",
+]
 
 SessionKey = tuple[str, str]
 CommitListener = Callable[[dict[SessionKey, int]], None]
+StateListener = Callable[[bool, str], None]
+
+
+class StoreOpenError(Exception):
+    """The store cannot be opened; the message says why and what to do (shown as one line)."""
 
 
 class StoreUnavailable(Exception):
@@ -47,6 +58,7 @@ class ConnectionRecord:
     heartbeats: int = 0
     messages: int = 0
     rtt: float | None = None
+    detail: str | None = None  # e.g. the BYE reason, or "503 store unavailable ..."
 
 
 class Store:
@@ -59,9 +71,14 @@ class Store:
 
     def __init__(self) -> None:
         self._listener: CommitListener | None = None
+        self._state_listener: StateListener | None = None
 
     def set_commit_listener(self, listener: CommitListener) -> None:
         self._listener = listener
+
+    def set_state_listener(self, listener: StateListener) -> None:
+        """`listener(failing, why)` is called in the loop when the store fails or recovers."""
+        self._state_listener = listener
 
     async def open(self) -> None:
         """Prepare the store; raise with a clear message if it cannot be used."""
@@ -70,14 +87,15 @@ class Store:
         """Flush and release everything."""
 
     async def acked(self, client_id: str, session: str) -> int:
-        """The highest stored seq of `(client_id, session)`, 0 if none."""
+        """The highest stored seq of `(client_id, session)`, 0 if none.  May raise
+        StoreUnavailable; the server then refuses the HELLO with `ERR 503`."""
         raise NotImplementedError
 
     def add_message(self, rec: MessageRecord) -> None:
         raise NotImplementedError
 
     async def flush(self) -> None:
-        """Return once everything queued so far is kept."""
+        """Return once everything queued so far is kept.  Raises StoreUnavailable if it cannot be."""
 
     def record_connection(self, rec: ConnectionRecord) -> None:
         """A connection began (ended_at None) or ended (ended_at set)."""
