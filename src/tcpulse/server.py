@@ -43,6 +43,7 @@ from .events import (
     Warning_,
 )
 from .liveness import State, Tracker, clamp_interval
+from .security import ConnLimits, Guard, validate_limits
 from .store import ConnectionRecord, MemoryStore, MessageRecord, SessionKey, Store, StoreUnavailable
 
 __all__ = ["ClientInfo", "Server", "ServerConfig", "format_addr"]
@@ -74,6 +75,19 @@ class ServerConfig:
     verbose: bool = False
     server_id: str | None = None
     backlog: int = 4096
+    # -- security and limits (docs/security.md; 0 turns a limit off) --
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_file: str | None = None
+    auth_timeout: float = 2.0
+    max_clients: int | None = None  # None: as many as the open-file limit allows
+    max_per_addr: int = 0
+    max_frames_per_sec: float = 10000.0
+    max_pings_per_sec: float = 1000.0
+    max_strikes: int = 3
+    max_buffered: int | None = None  # None: security.DEFAULT_MAX_BUFFERED
+    max_write_buffer: int | None = None  # None: 2 x (max_payload + max_line), at least 1 MiB
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and what would be right."""
@@ -95,6 +109,7 @@ class ServerConfig:
             raise ValueError("--status-every must be 0 (off) or a number of seconds")
         if self.max_line < 64:
             raise ValueError("--max-line must be at least 64 bytes (HELLO must fit)")
+        validate_limits(self)
 
 
 _conn_ids = itertools.count(1)
@@ -108,7 +123,7 @@ class ClientInfo(asyncio.Protocol):
 
     __slots__ = (
         "server", "conn", "transport", "conn_id", "addr", "id", "session", "connected_at",
-        "connected_mono", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "interval",
+        "connected_mono", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "sec", "interval",
         "timeout", "reason", "detail", "high", "_ping_ctx", "_ping_sent", "_linger", "_closed",
         "_acked_sent", "closed_event", "stored",
     )
@@ -143,6 +158,8 @@ class ClientInfo(asyncio.Protocol):
         #: Highest seq of this (id, session) the store has committed (durable stores only).
         self.stored = 0
         self.closed_event: asyncio.Event | None = None
+        #: Per-connection limits state, kept by `Server.guard` (security.py).
+        self.sec: ConnLimits | None = None
 
     # ---------------------------------------------------------------- public read side
 
@@ -199,6 +216,10 @@ class ClientInfo(asyncio.Protocol):
         events = conn.receive_data(data)
         if events:
             self._handle(events)
+        sec = self.sec
+        if sec is not None and sec.held != conn.buffered:
+            # Global budget for partial frames (security.py, Guard.held).
+            self.server.guard.held(self, conn.buffered)
         self._flush()
         if conn.error is not None:
             self._protocol_error()
@@ -240,6 +261,8 @@ class ClientInfo(asyncio.Protocol):
         if tracker.touch(self, now):
             srv._emit(Recovered(self, 0.0))
         acks = False
+        ctl = 0  # control frames, for the frame-rate limit (PROTOCOL.md, "Errors", 429)
+        pings: list[Ping] = []
         for ev in events:
             t = type(ev)
             if t is Msg:
@@ -266,10 +289,12 @@ class ClientInfo(asyncio.Protocol):
                     if srv._wants_messages:
                         srv._emit(MessageReceived(self, ev.payload, None, False))
             elif t is Heartbeat:
+                ctl += 1
                 self.heartbeats += 1
                 if srv._wants_heartbeats:
                     srv._emit(HeartbeatReceived(self))
             elif t is Pong:
+                ctl += 1
                 if ev.ctx is not None and ev.ctx == self._ping_ctx:
                     self.rtt = now - self._ping_sent
                     self._ping_ctx = None
@@ -279,7 +304,12 @@ class ClientInfo(asyncio.Protocol):
             elif t is Bye:
                 self._end(DisconnectReason.BYE, ev.reason)
                 return
-            # Ping: answered by the core already.
+            elif t is Ping:
+                ctl += 1
+                pings.append(ev)
+        if ctl:
+            # Answers the PINGs the rate limit allows; ERR 429 or a close for the rest.
+            srv.guard.rate(self, now, ctl, pings)
         if acks:
             # A durable store acknowledges on commit (Server._on_commit); here only what it has
             # committed already, for duplicates of it.
@@ -370,6 +400,8 @@ class Server:
         self._store: Store = MemoryStore()
         self.use_store(store or self._store)
         self._tracker: Tracker[ClientInfo] = Tracker()
+        #: TLS, authentication and limits (security.py).
+        self.guard = Guard(self)
         self._clients: set[ClientInfo] = set()
         #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
         self._open: set[ClientInfo] = set()
@@ -475,14 +507,18 @@ class Server:
         """Open the store and start listening.  Raises OSError (port in use, ...) as is."""
         self._loop = asyncio.get_running_loop()
         cfg = self.config
+        self.guard.prepare()  # TLS, auth file, open-file limit; raises ValueError
         await self._store.open()
         self._info = Info(
             server_id=self.server_id, version=__version__, heartbeat_interval=cfg.heartbeat_interval,
-            heartbeat_timeout=cfg.heartbeat_timeout, auth_required=False,
+            heartbeat_timeout=cfg.heartbeat_timeout, auth_required=self.guard.auth_required,
             durable=self._store.durable, max_line=cfg.max_line, max_payload=cfg.max_payload,
         )
         self._server = await self._loop.create_server(
-            lambda: ClientInfo(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+            lambda: ClientInfo(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True,
+            ssl=self.guard.ssl,
+            # A TLS handshake is held to the liveness deadline, like any silent client.
+            ssl_handshake_timeout=cfg.heartbeat_timeout if self.guard.ssl is not None else None)
         self.sockets = list(self._server.sockets)
         sockname = self.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
@@ -552,6 +588,8 @@ class Server:
         if self._closing:
             c.fail(ErrorCode.UNAVAILABLE, "server shutting down", DisconnectReason.SHUTDOWN)
             return
+        if not self.guard.admit(c):
+            return  # refused with ERR 503 (server full, or too many from this address)
         now = self._loop.time()
         c.connected_mono = now
         self._open.add(c)
@@ -561,10 +599,13 @@ class Server:
         c.send_frame(self._info)
         self._tracker.add(c, now, c.interval, c.timeout)
         self._arm()
-        self._store.record_connection(ConnectionRecord(c.conn_id, None, c.addr, c.connected_at))
+        if not self.guard.auth_required:
+            # With auth, nothing is stored for a connection until its HELLO is accepted.
+            self._store.record_connection(ConnectionRecord(c.conn_id, None, c.addr, c.connected_at))
         self._emit(Connected(c))
 
     def _on_connection_lost(self, c: ClientInfo) -> None:
+        self.guard.lost(c)
         if c not in self._clients:
             return
         self._clients.discard(c)
@@ -576,9 +617,10 @@ class Server:
             if self._by_session.get(key) is c:
                 del self._by_session[key]
         reason = c.reason or DisconnectReason.EOF
-        self._store.record_connection(ConnectionRecord(
-            c.conn_id, c.id, c.addr, c.connected_at, time.time(), reason.value, c.heartbeats,
-            c.messages, c.rtt, c.detail))
+        if c.id is not None or not self.guard.auth_required:
+            self._store.record_connection(ConnectionRecord(
+                c.conn_id, c.id, c.addr, c.connected_at, time.time(), reason.value, c.heartbeats,
+                c.messages, c.rtt, c.detail))
         self.totals["messages"] += c.messages
         self.totals["heartbeats"] += c.heartbeats
         self.totals["bytes_in"] += c.bytes_in
@@ -592,7 +634,8 @@ class Server:
     def _on_pause_writing(self, c: ClientInfo) -> None:
         # The client does not read what we send: never buffer for it without bound.
         c.reason = DisconnectReason.SLOW_CONSUMER
-        c._end(DisconnectReason.SLOW_CONSUMER, "write buffer full")
+        c._end(DisconnectReason.SLOW_CONSUMER,
+               f"more than {self.guard.write_buffer} bytes unread (--max-write-buffer)")
         if c.transport is not None:
             c.transport.abort()
 
@@ -631,6 +674,9 @@ class Server:
         # PROTOCOL.md, "Liveness": timeout = clamped interval x the server's own ratio.
         timeout = interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval)
         replaced = False
+        # Authentication comes before anything else, a takeover included (security.py).
+        if not await self.guard.check_hello(c, hello) or c._closed:
+            return
         if hello.session is not None and self._store.failing:
             c.fail(ErrorCode.UNAVAILABLE, "store unavailable: try again later")
             return
