@@ -179,13 +179,13 @@ class ConsoleLog:
                 table.add_row(r["client"], r["addr"], _fmt_time(r["connected_at"]),
                               f"{r['last_heard_ago']:.1f}s", str(r["heartbeats"]), str(r["messages"]),
                               f"[green]{st}[/]" if r["state"] == "alive" else f"[yellow]{st}[/]",
-                              "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.1f} ms")
+                              "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms")
             Console(file=self.out).print(table)
             return
         lines = ["=" * 50, f"[{_local_ts()}] {title} {len(ev.rows)}"]
         for r in ev.rows:
             st = alive if r["state"] == "alive" else suspect
-            rtt = "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.1f} ms"
+            rtt = "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"
             lines.append(_("Client {client} | address {addr} | connected at {at} | last heard {ago:.1f} s ago"
                            " | heartbeats {hb} | messages {msgs} | state: {state} | RTT {rtt}").format(
                 client=r["client"], addr=r["addr"], at=_fmt_time(r["connected_at"]), ago=r["last_heard_ago"],
