@@ -18,6 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._i18n import current_language
 from .console import iso_ts
 from .events import (
     Connected,
@@ -152,7 +153,7 @@ class Feed:
             "server": {"server_id": srv.server_id, "host": srv.host, "port": srv.port,
                        "started_at": iso_ts(srv.started_at),
                        "heartbeat_interval": srv.config.heartbeat_interval,
-                       "heartbeat_timeout": srv.config.heartbeat_timeout},
+                       "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language()},
             "now": iso_ts(now_wall),
             "clients": rows,
             "history": list(self.history),

@@ -1,0 +1,297 @@
+"""The admin endpoint over real HTTP against a real server with real clients in known states."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcpulse.admin import Admin, parse_admin_addr
+from tcpulse.client import Client
+from tcpulse.server import Server
+
+from .conftest import MS, RawClient
+
+
+@pytest.fixture
+async def admin_for() -> AsyncIterator[Any]:
+    admins: list[Admin] = []
+
+    async def make(server: Server, **kw: Any) -> Admin:
+        a = Admin(server, "127.0.0.1", 0, **kw)
+        await a.start()
+        admins.append(a)
+        return a
+
+    yield make
+    for a in admins:
+        await a.close()
+
+
+async def get(admin: Admin, path: str, status: int = 200, **kw: Any) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(admin.url.rstrip("/") + path, **kw) as r:
+        assert r.status == status, (path, r.status, await r.text())
+        if r.content_type == "application/json":
+            return await r.json()
+        return await r.text()
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def metrics(text: str) -> dict[str, float]:
+    """Every sample as `name{label="v",...}` -> value."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+async def test_clients_json_states_sort_filter_page(start_server: Any, admin_for: Any) -> None:
+    # 300 ms interval, a long timeout: a silent client turns suspect after 450 ms and stays so.
+    srv = await start_server(heartbeat_interval=300 * MS, heartbeat_timeout=60.0)
+    admin = await admin_for(srv)
+    live = Client("127.0.0.1", srv.port, id="beater", heartbeat_interval=100 * MS, reconnect=False)
+    await live.start()
+    talker = await RawClient.open(srv.port)
+    await talker.hello("talker", heartbeat_interval=10.0)
+    await talker.send(b"MSG 5\nhello\nMSG 3\nabc\n")
+    silent = await RawClient.open(srv.port)
+    await silent.hello("silent")  # then never says anything again
+    await asyncio.sleep(200 * MS)
+    await talker.send(b"HEARTBEAT\n")  # heard from later than the silent one
+    await until(lambda: srv.client("silent") is not None and srv.client("silent").state.value == "suspect")
+    await until(lambda: srv.client("talker") is not None and srv.client("talker").heartbeats == 1)
+    await until(lambda: srv.client("beater") is not None and srv.client("beater").rtt is not None)
+
+    data = await get(admin, "/api/clients")
+    assert data["total"] == 3 and data["num_clients"] == 3 and data["offset"] == 0
+    by = {c["id"]: c for c in data["clients"]}
+    assert set(by) == {"beater", "talker", "silent"}
+    assert by["silent"]["state"] == "suspect"
+    assert by["beater"]["state"] == "alive"
+    assert by["talker"]["messages"] == 2
+    assert by["talker"]["heartbeat_interval"] == 10.0 and by["talker"]["heartbeat_timeout"] == 60.0 / (300 * MS) * 10
+    assert by["beater"]["heartbeat_interval"] == pytest.approx(100 * MS)
+    assert by["beater"]["rtt_ms"] is not None and by["beater"]["rtt_ms"] > 0
+    assert by["silent"]["rtt_ms"] is None  # it never answered the server's PING
+    assert by["silent"]["idle"] >= 0.45 * 300 * MS * 3
+    # bytes_in counts every byte the talker sent: INFO is read, HELLO + two MSG frames written.
+    hello = b'HELLO {"id": "talker", "heartbeat_interval": 10.0}\n'
+    assert by["talker"]["bytes_in"] == len(hello) + len(b"MSG 5\nhello\nMSG 3\nabc\nHEARTBEAT\n")
+    assert by["talker"]["bytes_out"] > 0 and by["talker"]["addr"].startswith("127.0.0.1:")
+    for field in ("cid", "name", "session", "connected_at", "last_heard", "uptime", "heartbeats", "bytes_out"):
+        assert field in by["silent"]
+    assert by["beater"]["heartbeats"] >= 1 or by["beater"]["bytes_in"] > 0
+
+    suspects = await get(admin, "/api/clients?state=suspect")
+    assert [c["id"] for c in suspects["clients"]] == ["silent"] and suspects["total"] == 1
+    both = await get(admin, "/api/clients?state=alive,suspect")
+    assert both["total"] == 3
+
+    idle = await get(admin, "/api/clients?sort=idle")
+    assert idle["clients"][0]["id"] == "silent"  # most idle first
+    idles = [c["idle"] for c in idle["clients"]]
+    assert idles == sorted(idles, reverse=True)
+    asc = await get(admin, "/api/clients?sort=idle&order=asc")
+    assert asc["clients"][-1]["id"] == "silent"
+    assert [c["idle"] for c in asc["clients"]] == sorted(c["idle"] for c in asc["clients"])
+    msgs = await get(admin, "/api/clients?sort=messages")
+    assert msgs["clients"][0]["id"] == "talker"
+
+    page1 = await get(admin, "/api/clients?sort=cid&limit=2&offset=0")
+    page2 = await get(admin, "/api/clients?sort=cid&limit=2&offset=2")
+    assert page1["num_clients"] == 2 and page2["num_clients"] == 1 and page1["total"] == page2["total"] == 3
+    cids = [c["cid"] for c in page1["clients"] + page2["clients"]]
+    assert cids == sorted(cids) and len(set(cids)) == 3
+
+    for bad in ("state=sleepy", "sort=colour", "limit=-1", "limit=x", "offset=1.5", "order=up"):
+        err = await get(admin, "/api/clients?" + bad, status=400)
+        assert "error" in err
+    await live.close()
+    talker.close()
+    silent.close()
+
+
+async def test_server_totals_lateness_and_health(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server(heartbeat_interval=100 * MS, heartbeat_timeout=200 * MS)
+    admin = await admin_for(srv)
+    info = await get(admin, "/api/server")
+    assert info["accepting"] is True and info["version"] and info["server_id"] == srv.server_id
+    assert info["settings"]["heartbeat_timeout"] == pytest.approx(200 * MS)
+    assert info["timeout_lateness"]["count"] == 0 and info["timeout_lateness"]["p99_ms"] is None
+    assert info["totals"]["connections"] == 0
+
+    gone = []
+    for i in range(3):  # three clients that say HELLO and then go silent until they time out
+        c = await RawClient.open(srv.port)
+        await c.hello(f"quiet-{i}")
+        gone.append(c)
+    bad = await RawClient.open(srv.port)
+    await bad.info()
+    await bad.send(b"NONSENSE\n")
+    assert (await bad.expect(b"ERR ")).startswith(b"ERR 400")
+    for c in gone:
+        await c.expect(b"BYE heartbeat-timeout")
+    await until(lambda: not srv.clients)
+
+    info = await get(admin, "/api/server")
+    assert info["totals"]["connections"] == 4
+    assert info["totals"]["timeouts"] == 3
+    assert info["totals"]["protocol_errors"] == {"400": 1}
+    late = info["timeout_lateness"]
+    assert late["count"] == 3
+    assert 0 <= late["p50_ms"] <= late["p99_ms"] <= late["max_ms"]
+    assert info["clients"] == {"total": 0, "alive": 0, "suspect": 0, "dead": 0}
+    assert info["uptime"] > 0
+
+    assert (await get(admin, "/healthz")) == {"status": "ok"}
+    await srv.close(grace=0.5)
+    assert (await get(admin, "/healthz", status=503)) == {"status": "unavailable"}
+    assert (await get(admin, "/api/server"))["accepting"] is False
+
+
+async def test_metrics_counters_move(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server(heartbeat_interval=100 * MS, heartbeat_timeout=300 * MS)
+    admin = await admin_for(srv)
+    m0 = metrics(await get(admin, "/metrics"))
+    assert m0["tcpulse_connections_total"] == 0
+    assert m0['tcpulse_clients{state="alive"}'] == 0
+    assert m0["tcpulse_accepting"] == 1
+    assert f'tcpulse_server_info{{server_id="{srv.server_id}",version="0.1.0"}}' in m0
+
+    c = await RawClient.open(srv.port)
+    await c.hello("m1", heartbeat_interval=5.0)  # long interval of its own: stays alive
+    await c.send(b"MSG 4\nabcd\nHEARTBEAT\nHEARTBEAT\n")
+    await until(lambda: srv.client("m1") is not None and srv.client("m1").heartbeats == 2)
+    m1 = metrics(await get(admin, "/metrics"))
+    assert m1["tcpulse_connections_total"] == 1
+    assert m1["tcpulse_messages_received_total"] == 1
+    assert m1["tcpulse_heartbeats_received_total"] == 2
+    assert m1['tcpulse_clients{state="alive"}'] == 1
+    assert m1["tcpulse_received_bytes_total"] > m0["tcpulse_received_bytes_total"]
+    assert m1["tcpulse_sent_bytes_total"] > 0
+
+    # A library client answers the server's PING: the RTT histogram counts it.
+    lib = Client("127.0.0.1", srv.port, id="m2", heartbeat_interval=50 * MS, reconnect=False)
+    await lib.start()
+    await until(lambda: srv.client("m2") is not None and srv.client("m2").rtt is not None)
+    # A silent one times out: the timeout counter and the lateness histogram move.
+    q = await RawClient.open(srv.port)
+    await q.hello("m3")
+    await q.expect(b"BYE heartbeat-timeout")
+    # And a bad frame: a protocol error by code.
+    bad = await RawClient.open(srv.port)
+    await bad.info()
+    await bad.send(b"x" * 5000)
+    assert (await bad.expect(b"ERR ")).startswith(b"ERR 413")
+    # The first client leaves: its counters move into the server's totals, not lost.
+    c.close()
+    await until(lambda: srv.client("m1") is None)
+
+    m2 = metrics(await get(admin, "/metrics"))
+    assert m2["tcpulse_connections_total"] == 4
+    assert m2["tcpulse_messages_received_total"] == 1
+    assert m2["tcpulse_heartbeats_received_total"] >= 2
+    assert m2["tcpulse_received_bytes_total"] >= m1["tcpulse_received_bytes_total"]
+    assert m2["tcpulse_timeouts_total"] == 1
+    assert m2["tcpulse_timeout_lateness_seconds_count"] == 1
+    assert m2['tcpulse_timeout_lateness_seconds_bucket{le="+Inf"}'] == 1
+    assert m2["tcpulse_rtt_seconds_count"] >= 1
+    assert m2['tcpulse_protocol_errors_total{code="413"}'] == 1
+    assert m2['tcpulse_clients{state="alive"}'] == 1  # m2 still beating
+    await lib.close()
+
+
+async def test_registry_is_per_server(start_server: Any, admin_for: Any) -> None:
+    # Two servers in one process: each admin counts only its own (no global registry).
+    s1 = await start_server()
+    s2 = await start_server()
+    a1, a2 = await admin_for(s1), await admin_for(s2)
+    c = await RawClient.open(s1.port)
+    await c.hello("only-on-one")
+    m1 = metrics(await get(a1, "/metrics"))
+    m2 = metrics(await get(a2, "/metrics"))
+    assert m1["tcpulse_connections_total"] == 1 and m2["tcpulse_connections_total"] == 0
+    c.close()
+
+
+async def test_sse_feed_pushes_snapshot_then_deltas(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server(heartbeat_interval=200 * MS, heartbeat_timeout=600 * MS)
+    admin = await admin_for(srv)
+    async with aiohttp.ClientSession() as s, s.get(admin.url + "api/events") as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+
+        async def next_data() -> dict[str, Any]:
+            while True:
+                line = await asyncio.wait_for(r.content.readline(), 5)
+                assert line, "stream ended"
+                if line.startswith(b"data: "):
+                    return dict(json.loads(line[6:]))
+
+        snap = await next_data()
+        assert snap["type"] == "snapshot" and snap["clients"] == []
+        c = await RawClient.open(srv.port)
+        await c.hello("fed")
+        ops: list[dict[str, Any]] = []
+        while not any(o["op"] == "timeout" for o in ops):
+            msg = await next_data()
+            if msg["type"] == "batch":
+                ops.extend(msg["ops"])
+        kinds = [o["op"] for o in ops if o["row"]["id"] in ("fed", None)]
+        # Connected (no id yet), HELLO, suspect, then timeout: in that order.
+        assert kinds.index("connect") < kinds.index("hello") < kinds.index("suspect") < kinds.index("timeout")
+        to = next(o for o in ops if o["op"] == "timeout")
+        assert to["row"]["name"] == "fed" and to["silent_for"] >= 600 * MS * 0.99 and to["late_ms"] >= 0
+        assert srv.server_id == snap["server"]["server_id"]
+        c.close()
+    await until(lambda: not admin.feed.subscribers)
+
+
+async def test_auth_hook_guards_all_but_healthz(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server()
+    admin = await admin_for(srv, authorize=lambda req: req.headers.get("Authorization") == "Bearer s3cret")
+    for path in ("/api/clients", "/api/server", "/metrics", "/"):
+        await get(admin, path, status=401)
+    await get(admin, "/healthz")
+    ok = await get(admin, "/api/server", headers={"Authorization": "Bearer s3cret"})
+    assert ok["server_id"] == srv.server_id
+
+
+async def test_dashboard_files_are_served(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server()
+    admin = await admin_for(srv)
+    page = await get(admin, "/")
+    assert "static/dashboard.js" in page and "http" not in page.replace("http-equiv", "")  # no CDN
+    js = await get(admin, "/static/dashboard.js")
+    assert "EventSource" in js
+    await get(admin, "/static/dashboard.css")
+    await get(admin, "/static/../admin.py", status=404)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("127.0.0.1:8222", ("127.0.0.1", 8222)),
+    (":9000", ("127.0.0.1", 9000)),
+    ("9000", ("127.0.0.1", 9000)),
+    ("[::1]:8222", ("::1", 8222)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_parse_admin_addr(text: str, want: tuple[str, int]) -> None:
+    assert parse_admin_addr(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "host:", "host:99999", "::1:8222", "[::1]8222", "a:b"])
+def test_parse_admin_addr_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_admin_addr(text)
