@@ -101,6 +101,31 @@ def main() -> None:
 @click.option("--admin", default=None, metavar="HOST:PORT",
               help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
 # -- security and limits --
+@click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain): serve TLS 1.2+ only.")
+@click.option("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert.")
+@click.option("--tls-client-ca", default=None, metavar="FILE",
+              help="Require client certificates signed by this CA (mutual TLS); the certificate's CN or "
+                   "a SAN must equal the client's HELLO id.")
+@click.option("--auth-file", default=None, metavar="FILE",
+              help="Require a per-client token (made with 'tcpulse token add'); re-read on change or SIGHUP.")
+@click.option("--auth-timeout", default=2.0, show_default=True, type=float, callback=_positive,
+              help="With auth: seconds a new connection has to send HELLO (else ERR 408).")
+@click.option("--max-clients", default=None, type=click.IntRange(min=0),
+              help="Connections beyond this get ERR 503 [default: what the open-file limit allows].")
+@click.option("--max-per-addr", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Connections from one IP address (0 = no cap; clients behind NAT share one).")
+@click.option("--max-frames-per-sec", default=10000.0, show_default=True, type=click.FloatRange(min=0),
+              help="HEARTBEAT/PING/PONG frames per second per connection; beyond: ERR 429, frame dropped (0 = off).")
+@click.option("--max-pings-per-sec", default=1000.0, show_default=True, type=click.FloatRange(min=0),
+              help="PINGs answered per second per connection; beyond: ERR 429, no PONG (0 = off).")
+@click.option("--max-strikes", default=3, show_default=True, type=click.IntRange(min=0),
+              help="ERR 429s (at most one a second) a client may earn before it is closed.")
+@click.option("--max-buffered", default=256 << 20, show_default=True, type=click.IntRange(min=0),
+              help="Bytes of partial frames held across all connections; the client that would pass it gets "
+                   "ERR 503 (0 = off).")
+@click.option("--max-write-buffer", default=None, type=click.IntRange(min=0),
+              help="Bytes queued for a client that does not read before it is closed as a slow consumer "
+                   "[default: 2 x (max payload + max line), at least 1 MiB].")
 # -- scale and detection --
 @lang_option
 def serve(**opts: Any) -> None:
@@ -130,6 +155,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     server = Server(cfg)
     server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
+    from .cli_token import serve_security_setup, serve_security_start
+    serve_security_setup(server)  # TLS certificates, auth file, open-file limit
     from .cli_history import attach_store
     attach_store(server, extra.get("db"))
     admin = None
@@ -150,6 +177,7 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
             fail(f"not allowed to listen on port {cfg.port}: use a port above 1023")
         fail(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
     # -- feature start: what runs beside the listening server (admin endpoint, ...) --
+    serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
     if admin is not None:
         await admin.start()
     loop = asyncio.get_running_loop()
@@ -187,9 +215,22 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost instead of reconnecting.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every heartbeat, RTT and ACK.")
 @click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto")
+@click.option("--token", default=None, envvar="TCPULSE_TOKEN", metavar="TOKEN",
+              help="This id's token, for a server with --auth-file (env TCPULSE_TOKEN).")
+@click.option("--tls", is_flag=True, help="Connect with TLS, verifying the server's certificate and name.")
+@click.option("--ca", default=None, metavar="FILE", help="CA certificate(s) to verify the server with (implies --tls).")
+@click.option("--insecure", is_flag=True, help="TLS without verifying the server: for testing only.")
+@click.option("--tls-cert", "client_cert", default=None, metavar="FILE",
+              help="Client certificate, for a server that requires one (mutual TLS).")
+@click.option("--tls-key", "client_key", default=None, metavar="FILE", help="Private key of --tls-cert.")
+@click.option("--server-name", default=None, metavar="NAME",
+              help="Name to verify in the server's certificate (default: HOST).")
 @lang_option
 def connect(host: str, port: int, client_id: str | None, heartbeat_interval: float | None,
-            seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None) -> None:
+            seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None,
+            token: str | None = None, tls: bool = False, ca: str | None = None, insecure: bool = False,
+            client_cert: str | None = None, client_key: str | None = None,
+            server_name: str | None = None) -> None:
     """Connect to a server and send each line typed (or piped) as a message."""
     set_language(lang)
     from ._events import ID_RE
@@ -197,10 +238,19 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
         fail(f"--id {client_id!r} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -", 2)
     opts = ConnectOptions(host, port, client_id, heartbeat_interval, seed_demo,
                           reconnect=not (no_reconnect or seed_demo), verbose=verbose)
+    from .cli_token import connect_tls
+    opts.ssl_context = connect_tls(tls, ca, insecure, client_cert, client_key)
+    opts.token = token
+    opts.server_hostname = server_name
     sys.exit(run_loop(lambda: _connect(opts), loop_kind))
 
 
 class ConnectOptions:
+    # Security (set after construction by `connect`): TLS context, server name, token.
+    ssl_context: Any = None
+    server_hostname: str | None = None
+    token: str | None = None
+
     def __init__(self, host: str, port: int, client_id: str | None, interval: float | None,
                  seed_demo: bool, reconnect: bool, verbose: bool) -> None:
         self.host = host
@@ -304,12 +354,15 @@ async def _connect(opts: ConnectOptions) -> int:
         client_id = default_id()
         _say(_("No --id given: this client is {id}").format(id=client_id))
     client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval,
-                    reconnect=opts.reconnect, on_event=_client_printer(opts), seed_demo=opts.seed_demo)
+                    reconnect=opts.reconnect, on_event=_client_printer(opts), seed_demo=opts.seed_demo,
+                    token=opts.token, ssl_context=opts.ssl_context,
+                    server_hostname=opts.server_hostname or (opts.host if opts.ssl_context else None))
     try:
         await client.start()
     except ConnectError as e:
         _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
-        fail(str(e))
+        from .cli_token import tls_hint
+        fail(str(e) + (tls_hint(str(e)) if opts.ssl_context is not None else ""))
     except ServerError as e:
         fail(_("the server refused the connection: ERR {code} {text}").format(code=e.code, text=e.text))
     if not opts.seed_demo:
@@ -372,5 +425,8 @@ async def _connect(opts: ConnectOptions) -> int:
     _say(_("Disconnected from the server"))
     return 0
 
-from . import cli_status  # noqa: E402,F401
-from . import cli_history  # noqa: E402,F401
+from . import (  # noqa: E402
+    cli_history,  # noqa: F401
+    cli_status,  # noqa: F401
+    cli_token,  # noqa: F401
+)

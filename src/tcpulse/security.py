@@ -102,12 +102,13 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """TLS 1.2+ server context; with `client_ca`, clients must present a certificate it signed."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not os.path.isfile(path):
+            raise SecurityConfigError(f"{flag} {path}: no such file (give the PEM file's path)")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as e:
-        raise SecurityConfigError(f"--tls-cert/--tls-key: {e.filename} does not exist") from None
     except (ssl.SSLError, OSError) as e:
         raise SecurityConfigError(f"--tls-cert {cert} / --tls-key {key} cannot be used ({e}): give a PEM "
                                   "certificate and the PEM private key that belongs to it") from None

@@ -1,0 +1,145 @@
+"""`tcpulse token add|list|revoke`, and the security glue of `serve` and `connect`.
+
+Registered by one import line at the bottom of cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+
+import click
+
+from .auth import AuthFile, AuthFileError
+from .cli import fail, main
+from .console import ConsoleLog, iso_ts
+from .security import SecurityConfigError, client_ssl_context
+from .server import Server
+
+__all__ = ["connect_tls", "serve_security_setup", "serve_security_start"]
+
+DEFAULT_AUTH_FILE = "tcpulse.tokens"
+
+auth_file_option = click.option(
+    "--auth-file", default=DEFAULT_AUTH_FILE, show_default=True, metavar="FILE",
+    envvar="TCPULSE_AUTH_FILE", help="The auth file (the server's --auth-file); env TCPULSE_AUTH_FILE.")
+
+
+@main.group()
+def token() -> None:
+    """Manage per-client tokens (the file given to 'serve --auth-file')."""
+
+
+@token.command("add")
+@click.argument("client_id", metavar="ID")
+@auth_file_option
+@click.option("--replace", is_flag=True, help="Replace the token ID has already (the old one stops working).")
+def token_add(client_id: str, auth_file: str, replace: bool) -> None:
+    """Create a random 256-bit token for ID and print it once.
+
+    Only its SHA-256 digest is stored: keep the token now (give it to the client with
+    'connect --token' or TCPULSE_TOKEN); it cannot be shown again."""
+    try:
+        tok = AuthFile(auth_file).add(client_id, replace=replace)
+    except (AuthFileError, OSError) as e:
+        fail(str(e))
+    click.echo(f"Token for {client_id} (shown once; {auth_file} keeps only its SHA-256):", err=True)
+    click.echo(tok)
+
+
+@token.command("list")
+@auth_file_option
+def token_list(auth_file: str) -> None:
+    """List the ids that have a token (never the tokens: they are not kept)."""
+    af = AuthFile(auth_file)
+    try:
+        af.load()
+    except AuthFileError as e:
+        fail(str(e))
+    entries = af.entries()
+    if not entries:
+        click.echo(f"No tokens in {auth_file}.")
+        return
+    width = max(len(x.id) for x in entries)
+    for x in entries:
+        click.echo(f"{x.id:<{width}}  added {x.added or '?':<20}  sha256 {x.digest[:12]}...")
+
+
+@token.command("revoke")
+@click.argument("client_id", metavar="ID")
+@auth_file_option
+def token_revoke(client_id: str, auth_file: str) -> None:
+    """Remove ID's token.  A running server notices at once (it re-reads the file when it
+    changes) and closes ID's connection with ERR 401 at the next HELLO or SIGHUP."""
+    try:
+        gone = AuthFile(auth_file).revoke(client_id)
+    except (AuthFileError, OSError) as e:
+        fail(str(e))
+    if not gone:
+        fail(f"{client_id} has no token in {auth_file}: see 'tcpulse token list --auth-file {auth_file}'")
+    click.echo(f"Revoked the token of {client_id}.")
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+def serve_security_setup(server: Server) -> None:
+    """Load TLS certificates and the auth file before listening; one clear line on failure."""
+    try:
+        server.guard.prepare()
+    except ValueError as e:
+        fail(str(e), 2)
+
+
+def serve_security_start(server: Server, log: ConsoleLog) -> None:
+    """Say how many clients fit, and re-read the auth file on SIGHUP."""
+    g = server.guard
+    if log.json:
+        obj: dict[str, Any] = {"ts": iso_ts(), "event": "capacity", "max_clients": g.max_clients,
+                               "open_files": g.open_files[0], "tls": g.ssl is not None,
+                               "auth_required": g.auth_required}
+        log.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    else:
+        extra = []
+        if g.ssl is not None:
+            extra.append("TLS" + (" with client certificates" if server.config.tls_client_ca else ""))
+        if g.auth is not None:
+            extra.append(f"tokens for {len(g.auth)} ids from {g.auth.path}")
+        log.out.write(f"[{_local_ts()}] Capacity: {g.capacity_text()}"
+                      + (f"; {', '.join(extra)}" if extra else "") + "\n")
+    log.out.flush()
+    if g.auth is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, g.reload_auth)
+
+
+def _local_ts() -> str:
+    from datetime import datetime
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ------------------------------------------------------------------------------ connect
+
+
+def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key: str | None) -> Any:
+    """The client's SSL context for `connect` (None without TLS); one clear line on a bad flag."""
+    if not (tls or ca or insecure or cert):
+        return None
+    if key is not None and cert is None:
+        fail("--tls-key needs --tls-cert (the client certificate it belongs to)", 2)
+    try:
+        return client_ssl_context(ca, insecure=insecure, cert=cert, key=key)
+    except SecurityConfigError as e:
+        fail(str(e), 2)
+
+
+def tls_hint(message: str) -> str:
+    """A fix to add to a failed TLS connection's error line."""
+    if "CERTIFICATE_VERIFY_FAILED" in message or "certificate verify failed" in message.lower() \
+            or "Hostname mismatch" in message or "expired" in message:
+        return (" (check that --ca is the CA that signed the server's certificate, that HOST is a name "
+                "in it, and that it has not expired; --insecure skips the check, for testing only)")
+    if "WRONG_VERSION_NUMBER" in message or "record layer failure" in message:
+        return " (the server does not speak TLS here: drop --tls, or check the port)"
+    return ""
