@@ -426,6 +426,7 @@ async def _connect(opts: ConnectOptions) -> int:
     return 0
 
 from . import (  # noqa: E402
+    cli_bench,  # noqa: F401
     cli_history,  # noqa: F401
     cli_status,  # noqa: F401
     cli_token,  # noqa: F401
