@@ -257,9 +257,11 @@ class Admin:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
+        # Subscribe (which takes the snapshot) before the headers go out: once the browser sees
+        # the stream open, everything that happens reaches it as a delta.
         sub = self.feed.subscribe()
         try:
+            await resp.prepare(request)
             # Tell the browser to come back soon if the stream ends (cut off or restarted).
             await resp.write(b"retry: 1000\n\n")
             while True:

@@ -19,7 +19,7 @@
     "new connection": "新的客户端连接", "signed in": "已登录", "is suspect: silent for": "疑似超时: 已静默",
     "is alive again": "恢复正常", "timed out: silent for": "心跳超时: 已静默", "disconnected": "已断开",
     "protocol error": "协议错误", "showing": "显示", "of": "/", "late": "延迟",
-    "heartbeat": "心跳", "timeout": "超时",
+    "heartbeat": "心跳", "timeout": "超时", "now": "现在", "last minutes": "最近几分钟",
   };
   const T = (s) => (lang === "zh" && ZH[s]) || s;
 
@@ -104,7 +104,8 @@
 
   function renderIdle(rec) {
     if (!rec.tr) return;
-    const idle = OPEN.has(rec.state) ? nowS() - rec.heardAt : rec.data.idle;
+    // A gone client's idle time stops where it went (for a timeout: how long it was silent).
+    const idle = OPEN.has(rec.state) ? nowS() - rec.heardAt : rec.goneIdle;
     rec.cells.idle.textContent = `${Math.max(0, idle).toFixed(1)} s`;
   }
 
@@ -122,20 +123,21 @@
   function upsert(row, state) {
     let rec = rows.get(row.cid);
     if (!rec) {
-      rec = { data: row, state: row.state, heardAt: 0, tr: null, cells: null, goneAt: 0 };
+      rec = { data: row, state: row.state, heardAt: 0, tr: null, cells: null, goneAt: 0, goneIdle: 0 };
       rows.set(row.cid, rec);
       if (domRows() < MAX_ROWS) makeRow(rec);
     }
     rec.data = row;
-    rec.heardAt = nowS() - row.idle;
+    if (OPEN.has(rec.state)) rec.heardAt = nowS() - row.idle;
     // A client that timed out or closed keeps that state: later rows (lingering) do not undo it.
     if (OPEN.has(rec.state)) rec.state = state || row.state;
     render(rec);
     return rec;
   }
 
-  function gone(rec, state, detail) {
+  function gone(rec, state, detail, silentFor) {
     if (rec.state === "timeout" && state === "closed") return; // the timeout said it already
+    if (OPEN.has(rec.state)) rec.goneIdle = silentFor != null ? silentFor : Math.max(0, nowS() - rec.heardAt);
     rec.state = state;
     rec.detail = detail || "";
     rec.goneAt = performance.now();
@@ -199,7 +201,7 @@
       case "timeout": {
         let rec = rows.get(r.cid) || upsert(r);
         rec.data = r;
-        gone(rec, "timeout", `${op.silent_for} s`);
+        gone(rec, "timeout", `${op.silent_for} s`, op.silent_for);
         totals.timeouts += 1;
         logEvent("timeout", `${r.name} ${T("timed out: silent for")} ${op.silent_for.toFixed(2)} s ` +
                             `(${T("late")} ${op.late_ms.toFixed(1)} ms)`);
@@ -272,7 +274,9 @@
     $("#shown").textContent = dom < rows.size ? `${T("showing")} ${dom} ${T("of")} ${rows.size}` : "";
   }
 
+  let linkUp = null;
   function setLink(up) {
+    linkUp = up;
     const el = $("#link");
     el.className = "link " + (up ? "up" : "down");
     el.textContent = T(up ? "live" : "reconnecting…");
@@ -309,11 +313,14 @@
     const color = (n) => css.getPropertyValue(n).trim();
     const L = 44, R = 52, Tp = 8, B = 20;
     const pw = w - L - R, ph = h - Tp - B;
-    const span = 600 * sampleEvery;
+    // The window grows with the history, from one minute up to the ten minutes kept.
     const tEnd = history.length ? history[history.length - 1].t : Date.now() / 1000;
+    const have = history.length ? tEnd - history[0].t : 0;
+    const span = Math.min(600 * sampleEvery, Math.max(60, Math.ceil(have / 60) * 60));
     const tStart = tEnd - span;
     const pts = history.filter((s) => s.t >= tStart);
-    const maxC = niceMax(Math.max(1, ...pts.map((s) => s.clients)));
+    // Client counts are whole numbers: keep the four grid steps whole too.
+    const maxC = Math.max(4, Math.ceil(niceMax(Math.max(1, ...pts.map((s) => s.clients))) / 4) * 4);
     const maxR = niceMax(Math.max(1, ...pts.map((s) => s.msg_rate)));
     g.font = "11px system-ui, sans-serif";
     g.strokeStyle = color("--line");
@@ -326,9 +333,11 @@
       g.textAlign = "left"; g.fillText(fmtAxis((maxR * i) / 4), L + pw + 6, y + 4);
     }
     g.textAlign = "center";
-    for (const m of [10, 5, 0]) {
-      const x = L + pw * (1 - (m * 60) / span);
-      g.fillText(m === 0 ? "now" : `-${m} min`, Math.min(Math.max(x, L + 16), L + pw - 12), h - 5);
+    for (const f of [1, 0.5, 0]) {
+      const ago = span * f;
+      const x = L + pw * (1 - f);
+      const label = ago === 0 ? T("now") : ago < 120 ? `-${ago} s` : `-${(ago / 60).toFixed(ago % 120 ? 1 : 0)} min`;
+      g.fillText(label, Math.min(Math.max(x, L + 16), L + pw - 12), h - 5);
     }
     const line = (key, max, col) => {
       if (pts.length < 2) return;
@@ -348,7 +357,7 @@
   function fmtAxis(v) {
     if (v >= 1e6) return (v / 1e6).toFixed(v % 1e6 ? 1 : 0) + "M";
     if (v >= 1e3) return (v / 1e3).toFixed(v % 1e3 ? 1 : 0) + "k";
-    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+    return String(Number(v.toFixed(2)));
   }
 
   // ------------------------------------------------------------------ page
@@ -359,6 +368,7 @@
     for (const el of document.querySelectorAll("[data-i18n-placeholder]")) {
       el.placeholder = T(el.dataset.i18nPlaceholder);
     }
+    if (linkUp !== null) setLink(linkUp);
     for (const rec of rows.values()) render(rec);
   }
 
