@@ -107,6 +107,9 @@ class AuthFile:
     def __len__(self) -> int:
         return len(self._digests)
 
+    def has(self, client_id: str) -> bool:
+        return client_id in self._digests
+
     def verify(self, client_id: str, token: str | None) -> str | None:
         """None when `token` belongs to `client_id`; else why not, for the audit log (never the
         token itself): "no token", "unknown id", "wrong token"."""

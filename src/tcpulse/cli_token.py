@@ -96,6 +96,9 @@ def serve_security_setup(server: Server) -> None:
 def serve_security_start(server: Server, log: ConsoleLog) -> None:
     """Say how many clients fit, and re-read the auth file on SIGHUP."""
     g = server.guard
+    if g.auth is not None:
+        # Before the capacity line: whoever waits for that line may send SIGHUP at once.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, g.reload_auth)
     if log.json:
         obj: dict[str, Any] = {"ts": iso_ts(), "event": "capacity", "max_clients": g.max_clients,
                                "open_files": g.open_files[0], "tls": g.ssl is not None,
@@ -110,8 +113,6 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
         log.out.write(f"[{_local_ts()}] Capacity: {g.capacity_text()}"
                       + (f"; {', '.join(extra)}" if extra else "") + "\n")
     log.out.flush()
-    if g.auth is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, g.reload_auth)
 
 
 def _local_ts() -> str:

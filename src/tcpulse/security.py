@@ -273,6 +273,18 @@ class Guard:
             return
         self.server._emit(Warning_(f"auth file {self.auth.path} reloaded: {n} ids",
                                    {"audit": "auth-reloaded", "ids": n}))
+        self._drop_revoked()
+
+    def _drop_revoked(self) -> None:
+        # A revoked token ends the connection that used it, not only the next HELLO.
+        auth = self.auth
+        if auth is None:
+            return
+        for c in self.server.clients:
+            if c.id is not None and not c._closed and not auth.has(c.id):
+                self.server._emit(Warning_(f"token of {c.id} revoked: closing its connection",
+                                           {"audit": "auth-revoked", "id": c.id, "addr": c.addr}))
+                c.fail(ErrorCode.UNAUTHORIZED, "token revoked", DisconnectReason.REFUSED)
 
     # ---------------------------------------------------------------- connections
 
@@ -377,6 +389,7 @@ class Guard:
                 if n is not None:
                     srv._emit(Warning_(f"auth file {self.auth.path} changed: {n} ids",
                                        {"audit": "auth-reloaded", "ids": n}))
+                    self._drop_revoked()
             except AuthFileError as e:
                 srv._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"}))
             why = self.auth.verify(hello.id, hello.token)

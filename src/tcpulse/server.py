@@ -302,6 +302,9 @@ class ClientInfo(asyncio.Protocol):
             elif t is Hello:
                 srv._start_hello(self, ev)
             elif t is Bye:
+                if pings:  # PINGs before the BYE still get their PONGs
+                    srv.guard.rate(self, now, ctl, pings)
+                    self._flush()
                 self._end(DisconnectReason.BYE, ev.reason)
                 return
             elif t is Ping:
