@@ -145,6 +145,10 @@ class ConsoleLog:
         if isinstance(ev, Disconnected):
             if ev.reason is DisconnectReason.TIMEOUT:
                 return None  # the TimedOut line said it already
+            if ev.reason in (DisconnectReason.EOF, DisconnectReason.RESET):
+                # Gone without BYE: the original exercise's "客户端 … 异常断开" line.
+                return _("Client {client} ({addr}) disconnected abnormally: {reason}").format(
+                    client=ev.client.name, addr=ev.client.addr, reason=_reason_text(ev.reason, ev.detail))
             return _("Connection closed: {client} ({addr}): {reason}").format(
                 client=ev.client.name, addr=ev.client.addr, reason=_reason_text(ev.reason, ev.detail))
         return None
