@@ -320,7 +320,8 @@ def _no_progress(phase: str, done: int, total: int) -> None:
 
 
 async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[int], bytes],
-                    progress: Progress, ready_timeout: float) -> tuple[list[_Conn], list[str]]:
+                    progress: Progress, ready_timeout: float,
+                    on_ready: Callable[[_Conn], None] | None = None) -> tuple[list[_Conn], list[str]]:
     loop = asyncio.get_running_loop()
     addrs = source_addresses(n) if host in ("127.0.0.1", "localhost") else [""]
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -339,6 +340,8 @@ async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[
                                              local_addr=(local, 0) if local else None)
                 await asyncio.wait_for(fut, ready_timeout)
                 conns.append(c)
+                if on_ready is not None:
+                    on_ready(c)  # it beats from now on, while the others still connect
             except (TimeoutError, OSError, ConnectionError) as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 c.abort()
@@ -354,13 +357,13 @@ async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[
 class _Ticker:
     """Beats every live client once per interval, spread over `slots` moments per interval."""
 
-    def __init__(self, conns: list[_Conn], interval: float, kind: Kind) -> None:
+    def __init__(self, n: int, interval: float, kind: Kind) -> None:
         self.loop = asyncio.get_running_loop()
         self.frame = _beat_frame(kind)
         self.interval = interval
-        self.slots = max(1, min(len(conns), round(interval / TICK)))
+        self.slots = max(1, min(n, round(interval / TICK)))
         self.step = interval / self.slots
-        self.groups: list[list[_Conn]] = [conns[i::self.slots] for i in range(self.slots)]
+        self.groups: list[list[_Conn]] = [[] for _ in range(self.slots)]
         self.t0 = self.loop.time()
         self.k = 0
         self.handle: asyncio.TimerHandle | None = None
@@ -372,6 +375,9 @@ class _Ticker:
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+
+    def add(self, c: _Conn) -> None:
+        self.groups[c.idx % self.slots].append(c)
 
     def _tick(self) -> None:
         now = self.loop.time()
@@ -442,9 +448,10 @@ async def hold(host: str, port: int, clients: int, interval: float, silent: int,
         return b'HELLO {"id":"bench-%s-%d","heartbeat_interval":%s}\n' % (tag.encode(), i, repr(interval).encode())
 
     before = proc_sample(server_pid) if server_pid else None
-    conns, errors = await _open_all(host, port, clients, kind, hello, progress, ready_timeout=30.0)
-    ticker = _Ticker(conns, interval, kind)
+    ticker = _Ticker(clients, interval, kind)
     ticker.start()
+    conns, errors = await _open_all(host, port, clients, kind, hello, progress, ready_timeout=30.0,
+                                    on_ready=ticker.add)
     loop = asyncio.get_running_loop()
     timeout = server_timeout or next((c.timeout for c in conns if not math.isnan(c.timeout)), math.nan)
     if kind is Kind.TCPULSE and conns and not math.isnan(conns[0].timeout):
