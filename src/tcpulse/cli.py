@@ -12,6 +12,7 @@ import errno
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -19,6 +20,7 @@ import click
 
 from . import __version__
 from ._i18n import _, set_language
+from .backoff import is_retryable
 from .client import Client, ClientEvent, ConnectError, ServerError, default_id
 from .console import ConsoleLog, escape
 from .server import Server, ServerConfig
@@ -213,6 +215,9 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
               help="Behave like the original exercise's client: beat 3 times one interval apart, then "
                    "only every 20 intervals, no PINGs, no reconnect; the server times it out.")
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost instead of reconnecting.")
+@click.option("--outbox", default=None, metavar="PATH",
+              help="Keep this client's id, session and unacknowledged messages in an SQLite file: "
+                   "started again with it, the client sends what was not acknowledged, once.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every heartbeat, RTT and ACK.")
 @click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto")
 @click.option("--token", default=None, envvar="TCPULSE_TOKEN", metavar="TOKEN",
@@ -230,7 +235,7 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
             seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None,
             token: str | None = None, tls: bool = False, ca: str | None = None, insecure: bool = False,
             client_cert: str | None = None, client_key: str | None = None,
-            server_name: str | None = None) -> None:
+            server_name: str | None = None, outbox: str | None = None) -> None:
     """Connect to a server and send each line typed (or piped) as a message."""
     set_language(lang)
     from ._events import ID_RE
@@ -242,6 +247,7 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
     opts.ssl_context = connect_tls(tls, ca, insecure, client_cert, client_key)
     opts.token = token
     opts.server_hostname = server_name
+    opts.outbox = outbox
     sys.exit(run_loop(lambda: _connect(opts), loop_kind))
 
 
@@ -250,6 +256,7 @@ class ConnectOptions:
     ssl_context: Any = None
     server_hostname: str | None = None
     token: str | None = None
+    outbox: str | None = None  # --outbox PATH (delivery)
 
     def __init__(self, host: str, port: int, client_id: str | None, interval: float | None,
                  seed_demo: bool, reconnect: bool, verbose: bool) -> None:
@@ -267,12 +274,12 @@ def _say(text: str) -> None:
 
 
 def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
-    state = {"connections": 0}
+    state: dict[str, Any] = {"connections": 0, "why": None, "lost_at": 0.0}
 
     def on_event(ev: ClientEvent) -> None:
         d = ev.data
         k = ev.kind
-        if k == "info":
+        if k == "info" and state["connections"] == 0:
             info = d["info"]
             _say(_("Connected to server {host}:{port} (tcpulse {version}, heartbeat every {interval:g} s, "
                    "timeout {timeout:g} s, durable: {durable})").format(
@@ -282,9 +289,15 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
         elif k == "ok":
             state["connections"] += 1
             ok = d["ok"]
-            if state["connections"] == 1 or opts.verbose:
+            if state["connections"] == 1:
                 _say(_("Signed in as {id}: heartbeat every {interval:g} s, timeout {timeout:g} s").format(
                     id=ok.id, interval=ok.heartbeat_interval, timeout=ok.heartbeat_timeout))
+                if d.get("resent"):
+                    _say(_("Sent again {n} message(s) not acknowledged last time").format(n=d["resent"]))
+            else:
+                # One line per reconnect (PROTOCOL.md, "Delivery": the server's acked, then resend).
+                _say(_("Reconnected after {secs:.1f} s: the server has up to #{acked}; sent again: {n}").format(
+                    secs=time.monotonic() - state["lost_at"], acked=ok.acked, n=d.get("resent", 0)))
         elif k == "beat":
             if opts.seed_demo or opts.verbose:
                 _say(_("Sent heartbeat #{n}").format(n=d["n"]))
@@ -302,20 +315,37 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
                 text = _("<{size} bytes, not UTF-8>").format(size=len(payload))
             _say(_("Message from the server: {text}").format(text=text))
         elif k == "error":
-            _say(_("Server error {code}: {text}").format(code=d["code"], text=d["text"]))
+            text = _("Server error {code}: {text}").format(code=d["code"], text=d["text"])
+            if opts.reconnect and is_retryable(err_code=d["code"]):
+                state["why"] = text  # said once, in the disconnect line
+                if opts.verbose and state["lost_at"]:
+                    _say(text)
+            else:
+                _say(text)
         elif k == "bye":
             reason = d.get("reason") or ""
             if reason == "heartbeat-timeout":
-                _say(_("The server closed the connection: heartbeat timeout (it heard nothing from us in time)"))
+                text = _("The server closed the connection: heartbeat timeout (it heard nothing from us in time)")
             elif reason == "shutdown":
-                _say(_("The server is shutting down"))
+                text = _("The server is shutting down")
             elif reason == "replaced":
-                _say(_("Another connection with the same id replaced this one"))
+                text = _("Another connection with the same id replaced this one")
             else:
-                _say(_("The server closed the connection ({reason})").format(reason=reason))
+                text = _("The server closed the connection ({reason})").format(reason=reason)
+            if opts.reconnect and reason in ("heartbeat-timeout", "shutdown"):
+                state["why"] = text
+            else:
+                _say(text)
         elif k == "disconnected":
-            _say(_("Disconnected from the server: {reason}").format(reason=d["reason"]))
-        elif k == "reconnecting":
+            why = state["why"] or d["reason"]
+            state["why"] = None
+            if d.get("reconnect"):
+                state["lost_at"] = time.monotonic()
+                _say(_("Connection lost ({why}); keeping {n} unacknowledged message(s) and reconnecting").format(
+                    why=why, n=d.get("unacked", 0)))
+            else:
+                _say(_("Disconnected from the server: {reason}").format(reason=why))
+        elif k == "reconnecting" and opts.verbose:
             _say(_("Reconnecting in {delay:.1f} s (attempt {n})").format(delay=d["delay"], n=d["attempt"]))
         elif k == "retry-failed" and opts.verbose:
             _say(d["reason"])
@@ -348,12 +378,36 @@ async def _stdin_lines(interactive: bool) -> asyncio.Queue[str | None]:
     return q
 
 
+def _unacked_note(opts: ConnectOptions, left: int) -> None:
+    if not left:
+        return
+    if opts.outbox is not None:
+        _say(_("{n} message(s) not acknowledged yet are kept in {path}: they are sent when you connect "
+               "again with --outbox {path}").format(n=left, path=opts.outbox))
+    else:
+        _say(_("{n} message(s) were not acknowledged by the server and may be lost").format(n=left))
+
+
 async def _connect(opts: ConnectOptions) -> int:
     client_id = opts.client_id
+    box = None
+    if opts.outbox is not None:
+        from .outbox import OutboxError, SQLiteOutbox
+        try:
+            box = SQLiteOutbox(opts.outbox)
+        except OutboxError as e:
+            fail(str(e))
+        if client_id is not None and box.client_id not in (None, client_id):
+            fail(f"outbox {opts.outbox} belongs to client id {box.client_id}: use --id {box.client_id} "
+                 "or another --outbox")
+        client_id = client_id or box.client_id
+        if box.pending():
+            _say(_("Outbox {path}: {n} message(s) not acknowledged last time, sent again once connected").format(
+                path=opts.outbox, n=len(box.pending())))
     if client_id is None:
         client_id = default_id()
         _say(_("No --id given: this client is {id}").format(id=client_id))
-    client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval,
+    client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval, outbox=box,
                     reconnect=opts.reconnect, on_event=_client_printer(opts), seed_demo=opts.seed_demo,
                     token=opts.token, ssl_context=opts.ssl_context,
                     server_hostname=opts.server_hostname or (opts.host if opts.ssl_context else None))
@@ -408,16 +462,19 @@ async def _connect(opts: ConnectOptions) -> int:
     if done.done():
         exc = done.exception()
         await client.close()
+        _unacked_note(opts, len(client.unacked()))
         _say(_("Disconnected from the server"))
         if exc is not None:
             return 1
         return 0
     done.cancel()
     pending = len(client.unacked())
+    if pending and not await client.drain(0.5):
+        _say(_("Waiting for the server to acknowledge {n} message(s)...").format(n=len(client.unacked())))
     await client.close(drain_timeout=5.0)
     left = len(client.unacked())
     if left:
-        _say(_("{n} message(s) were not acknowledged by the server and may be lost").format(n=left))
+        _unacked_note(opts, left)
         _say(_("Disconnected from the server"))
         return 1
     if pending and opts.verbose:

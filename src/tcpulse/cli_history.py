@@ -87,7 +87,9 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*r)
-    Console(highlight=False).print(table)
+    import sys
+    # Piped into a file or another program: do not squeeze the table into 80 columns.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _filters(client_id: str | None, since: str | None, at_col: str, client_col: str) -> tuple[str, list[Any]]:

@@ -71,8 +71,15 @@ class Outbox:
 
     session: str
     last_seq: int
+    #: The client id this outbox belongs to (its session is numbered for that id), if known.
+    client_id: str | None = None
+
+    def bind(self, client_id: str) -> None:
+        """Remember which client id the session belongs to."""
+        self.client_id = client_id
 
     def add(self, seq: int, payload: bytes) -> None:
+        """Keep `(seq, payload)` (durably, for a file outbox) before it is sent."""
         raise NotImplementedError
 
     def ack(self, upto: int) -> None:
@@ -116,11 +123,15 @@ class Client:
                  connect_timeout: float = 10.0, source_address: tuple[str, int] | None = None) -> None:
         self.host = host
         self.port = port
-        self.id = id or default_id()
+        self.outbox = outbox or MemoryOutbox()
+        if id is not None and self.outbox.client_id not in (None, id):
+            raise ValueError(f"the outbox belongs to client id {self.outbox.client_id!r}, not {id!r}: "
+                             "its session is numbered for that id")
+        self.id = id or self.outbox.client_id or default_id()
+        self.outbox.bind(self.id)
         self.requested_interval = heartbeat_interval
         self.reconnect = reconnect
         self.numbered = numbered
-        self.outbox = outbox or MemoryOutbox()
         self.token = token
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
@@ -142,7 +153,8 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._all_acked = asyncio.Event()
-        self._all_acked.set()
+        if not self.outbox.pending():  # an outbox from disk may hold messages from last time
+            self._all_acked.set()
         self._ping_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._leftover: list[Any] = []
@@ -182,10 +194,12 @@ class Client:
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every numbered message is acknowledged; False if `timeout` ran out."""
-        if not self.outbox.pending():
-            return True
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
         try:
-            await asyncio.wait_for(self._all_acked.wait(), timeout)
+            while self.outbox.pending():
+                self._all_acked.clear()
+                await asyncio.wait_for(self._all_acked.wait(), None if end is None else end - loop.time())
             return True
         except TimeoutError:
             return False
@@ -345,14 +359,17 @@ class Client:
         else:
             self._live = ClientLiveness(now, ok.heartbeat_interval, ok.heartbeat_timeout)
         self.backoff.reset()
-        self._emit("ok", ok=ok)
+        resent = 0
         if self.numbered:
-            # PROTOCOL.md, "Delivery": acked says where the server stands; resend the rest.
+            # PROTOCOL.md, "Delivery": acked says where the server stands; resend the rest, in
+            # order, and number new messages after the highest of both.
             self._on_ack(ok.acked)
             if ok.acked > self.outbox.last_seq:
                 self.outbox.last_seq = ok.acked
             for seq, payload in self.outbox.pending():
                 self._write(Msg(payload=payload, seq=seq))
+                resent += 1
+        self._emit("ok", ok=ok, resent=resent)
         self.connected.set()
 
     def _on_ack(self, seq: int) -> None:
@@ -382,14 +399,20 @@ class Client:
                 why = e
             self.connected.clear()
             await self._close_writer()
-            self._emit("disconnected", reason=str(why))
+            again = self.reconnect and not self._closing and is_retryable(why, err_code)
+            self._emit("disconnected", reason=str(why), unacked=len(self.outbox.pending()), reconnect=again)
             if self._closing:
                 return
-            if not self.reconnect or not is_retryable(why, err_code):
+            if not again:
                 self.error = why
                 self._inbox.put_nowait(None)
                 return
-            reader, writer = await self._reconnect()
+            try:
+                reader, writer = await self._reconnect()
+            except ServerError as e:  # refused for good (a bad token, ...): no point in trying on
+                self.error = e
+                self._inbox.put_nowait(None)
+                return
 
     async def _reconnect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         while True:
