@@ -492,6 +492,10 @@ class Client:
                     self._live.on_sent(loop.time())  # our PONG went out
             elif isinstance(ev, Err):
                 self._emit("error", code=ev.code, text=ev.text)
+                if ev.code == 429:
+                    # PROTOCOL.md, "Errors": the frame was dropped, the connection goes on (the
+                    # server closes it if we keep on; then we reconnect as after any EOF).
+                    continue
                 raise ServerError(ev.code, ev.text)
             elif isinstance(ev, Bye):
                 self._emit("bye", reason=ev.reason)
