@@ -1,0 +1,200 @@
+"""Chinese output: the catalog is complete for the server's and client's text, and `--lang zh` (or a
+`zh_*` locale) prints the original exercise's lines, checked through real subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pty
+import queue
+import re
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from babel.messages.extract import extract_from_file
+from babel.messages.pofile import read_po
+
+import tcpulse
+from tcpulse import _i18n
+
+from .conftest import MS, tcpulse_cmd
+
+PKG = Path(tcpulse.__file__).parent
+PO = PKG / "locale" / "zh" / "LC_MESSAGES" / "tcpulse.po"
+#: Modules whose every string a user sees must be in the zh catalog.
+TRANSLATED = ["console.py", "cli_status.py"]
+
+
+def catalog() -> dict[str, str]:
+    with PO.open("rb") as f:
+        return {m.id: m.string for m in read_po(f) if m.id}
+
+
+def test_catalog_covers_server_and_status_text() -> None:
+    zh = catalog()
+    for name in TRANSLATED:
+        for _lineno, msgid, _comments, _ctx in extract_from_file("python", str(PKG / name), keywords={"_": None}):
+            assert isinstance(msgid, str)
+            assert zh.get(msgid), f"{name}: no zh translation for {msgid!r} (scripts/i18n.sh update)"
+
+
+def test_translations_keep_every_placeholder() -> None:
+    for msgid, msgstr in catalog().items():
+        assert msgstr, f"empty translation of {msgid!r}"
+        assert sorted(re.findall(r"\{[^}]*\}", msgid)) == sorted(re.findall(r"\{[^}]*\}", msgstr)), msgid
+
+
+def test_compiled_catalog_is_installed_and_chosen_by_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The build hook (setup.py) compiled it: no manual step.
+    assert (PO.with_suffix(".mo")).exists()
+    try:
+        for var in ("LC_ALL", "LC_MESSAGES", "LANGUAGE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+        assert _i18n.set_language(None) == "zh"
+        assert _i18n._("Sent heartbeat #{n}").format(n=2) == "发送第 2 次心跳包"
+        assert _i18n._("Enter a message to send ('exit' to quit): ") == "请输入要发送的消息(输入'exit'退出): "
+        assert _i18n.set_language("en") == "en"
+        assert _i18n._("Sent heartbeat #{n}") == "Sent heartbeat #{n}"
+        monkeypatch.setenv("LANG", "fr_FR.UTF-8")
+        assert _i18n.set_language(None) == "en"
+    finally:
+        _i18n.set_language("en")
+
+
+class Lines:
+    """A subprocess's output, line by line, read by a thread (bounded waits, no deadlock)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.q: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        end = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        for line in self.seen:
+            m = rx.search(line)
+            if m:
+                return m
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; seen: {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"output ended before {pattern!r}; seen: {self.seen}")
+            self.seen.append(line)
+            m = rx.search(line)
+            if m:
+                return m
+
+
+@contextlib.contextmanager
+def zh_server(*args: str, env: dict[str, str] | None = None) -> Any:
+    p = subprocess.Popen(tcpulse_cmd("serve", "--port", "0", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
+    assert p.stdout is not None
+    try:
+        out = Lines(p.stdout)
+        m = out.wait_for(r"服务器启动,监听 127\.0\.0\.1:(\d+)", timeout=20)
+        yield p, out, int(m.group(1))
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
+def test_original_demo_lines_in_chinese() -> None:
+    interval = 300 * MS
+    with zh_server("--lang", "zh", "-v", "--heartbeat-interval", str(interval),
+                   "--heartbeat-timeout", str(2 * interval), "--status-every", str(interval)) as (srv, out, port):
+        stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] "
+        out.wait_for(stamp + r"心跳检测阈值: " + re.escape(f"{2 * interval:g}") + "秒")
+        client = subprocess.run(
+            tcpulse_cmd("connect", "--port", str(port), "--id", "demo-1", "--seed-demo", "--lang", "zh"),
+            input="你好\n", capture_output=True, text=True, timeout=60)
+        lines = client.stdout.splitlines()
+        assert lines[0].startswith(f"已连接到服务器 127.0.0.1:{port}"), lines
+        beats = [ln for ln in lines if ln.startswith("发送第")]
+        assert beats == ["发送第 1 次心跳包", "发送第 2 次心跳包", "发送第 3 次心跳包"]
+        assert any(ln.startswith("服务器断开连接") for ln in lines), lines
+        assert lines[-1] == "已断开与服务器的连接", lines
+        assert client.returncode == 1
+
+        out.wait_for(stamp + r"新的客户端连接: 127\.0\.0\.1:\d+")
+        out.wait_for(stamp + r"收到来自 demo-1 的心跳包")
+        out.wait_for(stamp + r"来自 demo-1 的消息(?: #\d+)?: 你好")
+        out.wait_for(r"当前客户端连接状态:")
+        out.wait_for(r"客户端 demo-1 \| .*\| 状态: 正常")
+        out.wait_for(stamp + r"已断开与 demo-1 的连接\(心跳超时\)")
+
+        # A client that vanishes with a reset: the original's "客户端 … 异常断开".
+        s = socket.create_connection(("127.0.0.1", port))
+        s.recv(4096)  # INFO
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        out.wait_for(stamp + r"客户端 127\.0\.0\.1:\d+ \(127\.0\.0\.1:\d+\) 异常断开")
+        os.kill(srv.pid, signal.SIGTERM)
+        assert srv.wait(10) == 0
+
+
+def test_zh_locale_without_flag_and_cannot_connect() -> None:
+    env = {"LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+    with zh_server("--status-every", "0", env=env) as (srv, out, port):
+        out.wait_for(r"心跳检测阈值: 10秒")
+        os.kill(srv.pid, signal.SIGTERM)
+        srv.wait(10)
+    # The port is closed now: nothing listens there.
+    r = subprocess.run(tcpulse_cmd("connect", "--port", str(port), "--id", "x", "--lang", "zh"),
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert f"无法连接到服务器 127.0.0.1:{port}" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_interactive_prompt_in_chinese() -> None:
+    with zh_server("--status-every", "0", "--lang", "zh") as (srv, _out, port):
+        master, slave = pty.openpty()
+        p = subprocess.Popen(tcpulse_cmd("connect", "--port", str(port), "--id", "tty-1", "--lang", "zh"),
+                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        os.close(slave)
+        buf = b""
+        try:
+            end = time.monotonic() + 20
+            while "请输入要发送的消息(输入'exit'退出)".encode() not in buf:
+                assert time.monotonic() < end, buf.decode(errors="replace")
+                if select.select([master], [], [], 0.2)[0]:
+                    try:
+                        buf += os.read(master, 4096)
+                    except OSError:
+                        break
+            os.write(master, b"exit\n")
+            assert p.wait(20) == 0
+            with contextlib.suppress(OSError):
+                while select.select([master], [], [], 0.5)[0]:
+                    chunk = os.read(master, 4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+        finally:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
+            os.close(master)
+        text = buf.decode(errors="replace")
+        assert f"已连接到服务器 127.0.0.1:{port}" in text
+        assert "已断开与服务器的连接" in text
+        os.kill(srv.pid, signal.SIGTERM)
