@@ -262,6 +262,9 @@ class ClientInfo(asyncio.Protocol):
             srv._emit(Recovered(self, 0.0))
         acks = False
         ctl = 0  # control frames, for the frame-rate limit (PROTOCOL.md, "Errors", 429)
+        # A store that ignores unnumbered messages (MemoryStore, --db none) is not handed them:
+        # building a record per message was the largest cost of ingest after parsing.
+        keep_plain = srv._store.keeps_unnumbered
         pings: list[Ping] = []
         for ev in events:
             t = type(ev)
@@ -285,7 +288,8 @@ class ClientInfo(asyncio.Protocol):
                     if srv._wants_messages:
                         srv._emit(MessageReceived(self, ev.payload, seq, dup))
                 else:
-                    srv._store_message(self, ev)
+                    if keep_plain:
+                        srv._store_message(self, ev)
                     if srv._wants_messages:
                         srv._emit(MessageReceived(self, ev.payload, None, False))
             elif t is Heartbeat:

@@ -66,6 +66,9 @@ class Store:
 
     durable = False
     immediate = True
+    #: False for a store whose `add_message()` ignores messages without `seq`: the server then
+    #: does not build their records at all (the hot path of `--db none`).
+    keeps_unnumbered = True
     #: True while the store cannot write; the server stops acknowledging and sheds senders.
     failing = False
 
@@ -112,6 +115,7 @@ class MemoryStore(Store):
 
     durable = False
     immediate = True
+    keeps_unnumbered = False
 
     def __init__(self) -> None:
         super().__init__()
