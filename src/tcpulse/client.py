@@ -53,8 +53,9 @@ class ServerError(Exception):
         self.text = text
 
 
-class ServerDead(Exception):
-    """Nothing arrived from the server within the timeout after a PING."""
+class ServerDead(TimeoutError):
+    """Nothing arrived from the server within the timeout after a PING.  A TimeoutError, so that
+    `is_retryable` says yes: a frozen server may resume or be restarted."""
 
 
 @dataclass(frozen=True, slots=True)
