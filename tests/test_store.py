@@ -288,3 +288,11 @@ async def test_deadlines_stay_exact_while_the_store_is_slow(start_server: Any, t
     assert [e.client.name for e in evs if isinstance(e, TimedOut)] == ["quiet"]
     busy.close()
     quiet.close()
+
+
+async def test_one_server_per_database(start_server: Any, tmp_path: Path) -> None:
+    db = tmp_path / "one.db"
+    await start_server(store=SQLiteStore(str(db)))
+    # A second writer would not know the first one's sessions: it is refused with a clear line.
+    with pytest.raises(StoreOpenError, match="in use by another tcpulse server"):
+        await SQLiteStore(str(db)).open()

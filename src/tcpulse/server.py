@@ -266,6 +266,7 @@ class ClientInfo(asyncio.Protocol):
         # building a record per message was the largest cost of ingest after parsing.
         keep_plain = srv._store.keeps_unnumbered
         pings: list[Ping] = []
+        stash: list[Msg] = []  # messages to store: handed to the store once per read, not per message
         for ev in events:
             t = type(ev)
             if t is Msg:
@@ -276,11 +277,12 @@ class ClientInfo(asyncio.Protocol):
                     if not dup:
                         if srv._store.failing:
                             # PROTOCOL.md, "Errors", 429/503: never drop a numbered MSG silently.
+                            srv._store_messages(self, stash)
                             self.fail(ErrorCode.UNAVAILABLE, "store unavailable: keep your messages "
                                       "and send them again after reconnecting")
                             return
                         self.high = seq
-                        srv._store_message(self, ev)
+                        stash.append(ev)
                     else:
                         # PROTOCOL.md, "Delivery": a duplicate is acknowledged again.
                         self._acked_sent = min(self._acked_sent, seq - 1)
@@ -289,7 +291,7 @@ class ClientInfo(asyncio.Protocol):
                         srv._emit(MessageReceived(self, ev.payload, seq, dup))
                 else:
                     if keep_plain:
-                        srv._store_message(self, ev)
+                        stash.append(ev)
                     if srv._wants_messages:
                         srv._emit(MessageReceived(self, ev.payload, None, False))
             elif t is Heartbeat:
@@ -309,11 +311,14 @@ class ClientInfo(asyncio.Protocol):
                 if pings:  # PINGs before the BYE still get their PONGs
                     srv.guard.rate(self, now, ctl, pings)
                     self._flush()
+                srv._store_messages(self, stash)
                 self._end(DisconnectReason.BYE, ev.reason)
                 return
             elif t is Ping:
                 ctl += 1
                 pings.append(ev)
+        if stash:
+            srv._store_messages(self, stash)
         if ctl:
             # Answers the PINGs the rate limit allows; ERR 429 or a close for the rest.
             srv.guard.rate(self, now, ctl, pings)
@@ -645,6 +650,10 @@ class Server:
                f"more than {self.guard.write_buffer} bytes unread (--max-write-buffer)")
         if c.transport is not None:
             c.transport.abort()
+
+    def _store_messages(self, c: ClientInfo, msgs: list[Msg]) -> None:
+        if msgs:
+            self._store.add_messages(c.id or c.addr, c.session, c.conn_id, time.time(), msgs)
 
     def _store_message(self, c: ClientInfo, m: Msg) -> None:
         self._store.add_message(MessageRecord(c.id or c.addr, c.session, m.seq, time.time(),

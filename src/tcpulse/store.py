@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._events import Msg
+
 __all__ = [
     "CommitListener", "ConnectionRecord", "MemoryStore", "MessageRecord", "StateListener", "Store",
     "StoreOpenError", "StoreUnavailable",
@@ -97,6 +99,13 @@ class Store:
     def add_message(self, rec: MessageRecord) -> None:
         raise NotImplementedError
 
+    def add_messages(self, client_id: str, session: str | None, conn_id: int, received_at: float,
+                     msgs: list[Msg]) -> None:
+        """Queue messages that arrived together (one read) on one connection, in order.  The
+        server's hot path: a store may override it to avoid a record per message."""
+        for m in msgs:
+            self.add_message(MessageRecord(client_id, session, m.seq, received_at, m.payload, conn_id))
+
     async def flush(self) -> None:
         """Return once everything queued so far is kept.  Raises StoreUnavailable if it cannot be."""
 
@@ -129,3 +138,14 @@ class MemoryStore(Store):
             key = (rec.client_id, rec.session)
             if rec.seq > self._high.get(key, 0):
                 self._high[key] = rec.seq
+
+    def add_messages(self, client_id: str, session: str | None, conn_id: int, received_at: float,
+                     msgs: list[Msg]) -> None:
+        if session is None:
+            return
+        for m in reversed(msgs):  # the last numbered one is the highest (seqs only grow)
+            if m.seq is not None:
+                key = (client_id, session)
+                if m.seq > self._high.get(key, 0):
+                    self._high[key] = m.seq
+                return
