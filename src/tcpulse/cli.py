@@ -103,6 +103,9 @@ def main() -> None:
 @click.option("--admin", default=None, metavar="HOST:PORT",
               help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
 # -- security and limits --
+@click.option("--admin-token", default=None, envvar="TCPULSE_ADMIN_TOKEN", metavar="TOKEN",
+              help="Bearer token every admin endpoint but /healthz requires (env TCPULSE_ADMIN_TOKEN); "
+                   "needed to serve --admin on an address other than loopback.")
 @click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain): serve TLS 1.2+ only.")
 @click.option("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert.")
 @click.option("--tls-client-ca", default=None, metavar="FILE",
@@ -129,6 +132,17 @@ def main() -> None:
               help="Bytes queued for a client that does not read before it is closed as a slow consumer "
                    "[default: 2 x (max payload + max line), at least 1 MiB].")
 # -- scale and detection --
+@click.option("--detector", type=click.Choice(["fixed", "phi"]), default="fixed", show_default=True,
+              help="fixed: dead at the timeout. phi: phi accrual from each client's own beat history, dead when "
+                   "phi passes --phi-threshold or at the timeout, whichever is first (docs/detection.md).")
+@click.option("--phi-threshold", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="phi at which a client is dead (8: a live one would be that late once in 10^8).")
+@click.option("--phi-min-std", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Least standard deviation of a client's beat gaps, as a fraction of its interval.")
+@click.option("--phi-acceptable-pause", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Pause a client may take beyond its usual gaps, as a fraction of its interval.")
+@click.option("--phi-window", default=100, show_default=True, type=click.IntRange(2, 10000),
+              help="How many recent beat gaps of each client phi learns from.")
 @lang_option
 def serve(**opts: Any) -> None:
     """Run the server."""
@@ -164,7 +178,9 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     admin = None
     if extra.get("admin"):
         from .cli_status import AdminForServe
-        admin = AdminForServe(server, extra["admin"], log)
+        from .cli_token import admin_authorize, check_admin_bind
+        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(extra.get("admin_token")))
+        check_admin_bind(admin.admin.host, extra.get("admin_token"))  # no open admin port without a token
     try:
         await server.start()
     except StoreOpenError as e:

@@ -106,9 +106,11 @@ class ConsoleLog:
     def _text(self, ev: ServerEvent) -> str | None:
         quiet = self.level == "quiet"
         if isinstance(ev, TimedOut):
-            return _("Disconnected from {client} (heartbeat timeout): silent for {silent:.2f} s, "
+            line = _("Disconnected from {client} (heartbeat timeout): silent for {silent:.2f} s, "
                      "noticed {late:.1f} ms after the deadline").format(
                 client=ev.client.name, silent=ev.silent_for, late=ev.late_by * 1000)
+            # phi is a symbol, not a word: the same in every language (--detector phi).
+            return line if ev.phi is None else f"{line} (phi {ev.phi:.1f})"
         if isinstance(ev, Suspect):
             return _("Client {client} is suspect: silent for {silent:.1f} s").format(
                 client=ev.client.name, silent=ev.silent_for)
@@ -171,6 +173,8 @@ class ConsoleLog:
             return
         title = _("Current client connections:")
         alive, suspect = _("alive"), _("suspect")
+        # --detector phi: each client's suspicion level (phi is a symbol: not translated).
+        with_phi = any(r.get("phi") is not None for r in ev.rows)
         if self.rich_tables:
             from rich.console import Console
             from rich.table import Table
@@ -178,12 +182,17 @@ class ConsoleLog:
             for col in (_("client"), _("address"), _("connected at"), _("last heard"), _("heartbeats"),
                         _("messages"), _("state"), _("RTT")):
                 table.add_column(col)
+            if with_phi:
+                table.add_column("phi", justify="right")
             for r in ev.rows:
                 st = alive if r["state"] == "alive" else suspect
-                table.add_row(r["client"], r["addr"], _fmt_time(r["connected_at"]),
-                              f"{r['last_heard_ago']:.1f}s", str(r["heartbeats"]), str(r["messages"]),
-                              f"[green]{st}[/]" if r["state"] == "alive" else f"[yellow]{st}[/]",
-                              "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms")
+                cells = [r["client"], r["addr"], _fmt_time(r["connected_at"]),
+                         f"{r['last_heard_ago']:.1f}s", str(r["heartbeats"]), str(r["messages"]),
+                         f"[green]{st}[/]" if r["state"] == "alive" else f"[yellow]{st}[/]",
+                         "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"]
+                if with_phi:
+                    cells.append("-" if r.get("phi") is None else f"{r['phi']:.1f}")
+                table.add_row(*cells)
             Console(file=self.out).print(table)
             return
         lines = ["=" * 50, f"[{_local_ts()}] {title} {len(ev.rows)}"]
@@ -193,7 +202,8 @@ class ConsoleLog:
             lines.append(_("Client {client} | address {addr} | connected at {at} | last heard {ago:.1f} s ago"
                            " | heartbeats {hb} | messages {msgs} | state: {state} | RTT {rtt}").format(
                 client=r["client"], addr=r["addr"], at=_fmt_time(r["connected_at"]), ago=r["last_heard_ago"],
-                hb=r["heartbeats"], msgs=r["messages"], state=st, rtt=rtt))
+                hb=r["heartbeats"], msgs=r["messages"], state=st, rtt=rtt)
+                + ("" if r.get("phi") is None else f" | phi {r['phi']:.1f}"))
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
 
@@ -215,6 +225,8 @@ class ConsoleLog:
             d["event"] = "timeout"
             who()
             d.update(silent_for=round(ev.silent_for, 6), late_by=round(ev.late_by, 6))
+            if ev.phi is not None:
+                d["phi"] = round(ev.phi, 3)
         elif isinstance(ev, Suspect):
             d["event"] = "suspect"
             who()

@@ -110,6 +110,8 @@ class TimedOut:
     client: ClientInfo
     silent_for: float
     late_by: float
+    #: With `--detector phi`: the client's phi when it was declared dead (None: fixed timeout).
+    phi: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

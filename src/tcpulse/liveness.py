@@ -59,6 +59,8 @@ class Verdict(Generic[K]):
     late_by: float
     #: The moment the verdict became due (the deadline, for DEAD).
     due: float
+    #: For DEAD under an accrual detector: its phi at `now` (None: fixed detector).
+    phi: float | None = None
 
 
 def clamp_interval(requested: float | None, default: float, lo: float, hi: float) -> float:
@@ -249,11 +251,15 @@ class Tracker(Generic[K]):
         self._entries[key] = e
         self._push(key, e)
 
-    def set_interval(self, key: K, now: float, interval: float, timeout: float) -> None:
-        """Change the interval and timeout in force (after HELLO); counts as hearing from it."""
+    def set_interval(self, key: K, now: float, interval: float, timeout: float,
+                     detector: Detector | None = None) -> None:
+        """Change the interval and timeout in force (after HELLO); counts as hearing from it.
+        A `detector` given replaces the one in use (an adaptive one learns from the new interval)."""
         e = self._entries.get(key)
         if e is None:
             return
+        if detector is not None:
+            e.detector = detector
         e.interval = interval
         e.timeout = timeout
         e.last = now
@@ -330,7 +336,9 @@ class Tracker(Generic[K]):
             dead_at = e.last + self._dead_after(e)
             if now >= dead_at:
                 del entries[key]
-                out.append(Verdict(key, State.DEAD, now - e.last, max(0.0, now - dead_at), dead_at))
+                det = e.detector
+                phi = None if det is None else det.phi(now - e.last, e.interval)
+                out.append(Verdict(key, State.DEAD, now - e.last, max(0.0, now - dead_at), dead_at, phi))
                 continue
             suspect_at = e.last + SUSPECT_RATIO * e.interval
             if e.state is State.ALIVE and now >= suspect_at:

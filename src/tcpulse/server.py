@@ -42,7 +42,7 @@ from .events import (
     TimedOut,
     Warning_,
 )
-from .liveness import State, Tracker, clamp_interval
+from .liveness import Detector, PhiDetector, PhiSettings, State, Tracker, clamp_interval
 from .security import ConnLimits, Guard, validate_limits
 from .store import ConnectionRecord, MemoryStore, MessageRecord, SessionKey, Store, StoreUnavailable
 
@@ -88,6 +88,22 @@ class ServerConfig:
     max_strikes: int = 3
     max_buffered: int | None = None  # None: security.DEFAULT_MAX_BUFFERED
     max_write_buffer: int | None = None  # None: 2 x (max_payload + max_line), at least 1 MiB
+    #: "fixed": dead at the timeout; "phi": phi accrual, dead when phi passes the threshold or
+    #: at the timeout, whichever is first, never before 1.5 intervals (docs/detection.md).
+    detector: str = "fixed"
+    phi_threshold: float = 8.0
+    phi_min_std: float = 0.1  # x the client's interval
+    phi_acceptable_pause: float = 1.0  # x the client's interval
+    phi_window: int = 100
+
+    def phi_settings(self) -> PhiSettings | None:
+        """The phi detector's settings, None with the fixed detector.  Raises ValueError."""
+        if self.detector == "fixed":
+            return None
+        if self.detector != "phi":
+            raise ValueError(f"--detector must be fixed or phi (got {self.detector!r})")
+        return PhiSettings(threshold=self.phi_threshold, min_std=self.phi_min_std,
+                           acceptable_pause=self.phi_acceptable_pause, window=self.phi_window)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and what would be right."""
@@ -109,6 +125,7 @@ class ServerConfig:
             raise ValueError("--status-every must be 0 (off) or a number of seconds")
         if self.max_line < 64:
             raise ValueError("--max-line must be at least 64 bytes (HELLO must fit)")
+        self.phi_settings()
         validate_limits(self)
 
 
@@ -197,7 +214,14 @@ class ClientInfo(asyncio.Protocol):
             "rtt": None if self.rtt is None else round(self.rtt, 6),
             "heartbeat_interval": self.interval,
             "heartbeat_timeout": self.timeout,
+            "phi": self.phi(now),
         }
+
+    def phi(self, now: float | None = None) -> float | None:
+        """The client's suspicion level under `--detector phi` (None with the fixed detector)."""
+        srv = self.server
+        phi = srv._tracker.phi(self, srv._loop_time() if now is None else now)
+        return None if phi is None else round(phi, 2)
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -412,6 +436,7 @@ class Server:
         self._store: Store = MemoryStore()
         self.use_store(store or self._store)
         self._tracker: Tracker[ClientInfo] = Tracker()
+        self._phi = self.config.phi_settings()
         #: TLS, authentication and limits (security.py).
         self.guard = Guard(self)
         self._clients: set[ClientInfo] = set()
@@ -609,7 +634,7 @@ class Server:
         self.totals["connections"] += 1
         assert self._info is not None
         c.send_frame(self._info)
-        self._tracker.add(c, now, c.interval, c.timeout)
+        self._tracker.add(c, now, c.interval, c.timeout, self._detector(c.interval))
         self._arm()
         if not self.guard.auth_required:
             # With auth, nothing is stored for a connection until its HELLO is accepted.
@@ -726,7 +751,7 @@ class Server:
             self._by_session[(hello.id, hello.session)] = c
         self._store.record_connection(ConnectionRecord(c.conn_id, c.id, c.addr, c.connected_at))
         now = self._loop.time()
-        self._tracker.set_interval(c, now, interval, timeout)
+        self._tracker.set_interval(c, now, interval, timeout, self._detector(interval))
         self._arm()
         c.send_frame(Ok(id=hello.id, heartbeat_interval=interval, heartbeat_timeout=timeout, acked=acked))
         self._emit(HelloReceived(c, interval, timeout, hello.session, acked, replaced))
@@ -761,11 +786,15 @@ class Server:
                 self._emit(Suspect(c, v.silent_for))
             elif v.state is State.DEAD:
                 self.totals["timeouts"] += 1
-                self._store.record_timeout(c.conn_id, c.id, time.time(), v.silent_for, v.late_by)
-                self._emit(TimedOut(c, v.silent_for, v.late_by))
+                self._store.record_timeout(c.conn_id, c.id, time.time(), v.silent_for, v.late_by, phi=v.phi)
+                self._emit(TimedOut(c, v.silent_for, v.late_by, v.phi))
                 c.say_bye("heartbeat-timeout", DisconnectReason.TIMEOUT)
         if not self._closing:
             self._arm()
+
+    def _detector(self, interval: float) -> Detector | None:
+        # One per client, learning from its interval on (None: the fixed timeout, no state).
+        return None if self._phi is None else PhiDetector(interval, self._phi)
 
     async def _status_loop(self, every: float) -> None:
         while True:
