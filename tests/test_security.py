@@ -401,3 +401,40 @@ def test_openssl_s_client_talks_to_the_server(pki: dict[str, Any], server_proces
     out = r.stdout.decode()
     assert "INFO {" in out and 'OK {"id":"ossl"' in out and "PONG x" in out, (out, r.stderr[-500:])
     assert proc.terminate() == 0
+
+
+# ------------------------------------------------------------------------------ admin endpoint
+
+
+def test_admin_refuses_non_loopback_binding_without_token() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TCPULSE_ADMIN_TOKEN"}
+    r = subprocess.run(tcpulse_cmd("serve", "--port", "0", "--db", "none", "--admin", "0.0.0.0:0"),
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "--admin-token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_admin_token_guards_every_endpoint_but_healthz(server_process: Any) -> None:
+    import urllib.error
+    import urllib.request
+    pytest.importorskip("aiohttp")
+    proc = server_process("--db", "none", "--admin", "127.0.0.1:0", env={"TCPULSE_ADMIN_TOKEN": "s3cret-tok"})
+    base = proc.wait_event("admin")["url"].rstrip("/")
+
+    def get(path: str, token: str | None = None) -> int:
+        req = urllib.request.Request(base + path)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    assert get("/healthz") == 200
+    for path in ("/api/clients", "/api/server", "/metrics", "/"):
+        assert get(path) == 401, path
+        assert get(path, "wrong") == 401, path
+        assert get(path, "s3cret-tok") == 200, path
+    assert get("/api/clients?token=s3cret-tok") == 200  # the dashboard's EventSource way
+    assert proc.terminate() == 0

@@ -15,10 +15,10 @@ import click
 from .auth import AuthFile, AuthFileError
 from .cli import fail, main
 from .console import ConsoleLog, iso_ts
-from .security import SecurityConfigError, client_ssl_context
+from .security import SecurityConfigError, admin_bind_error, admin_token_ok, client_ssl_context
 from .server import Server
 
-__all__ = ["connect_tls", "serve_security_setup", "serve_security_start"]
+__all__ = ["admin_authorize", "check_admin_bind", "connect_tls", "serve_security_setup", "serve_security_start"]
 
 DEFAULT_AUTH_FILE = "tcpulse.tokens"
 
@@ -118,6 +118,28 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
 def _local_ts() -> str:
     from datetime import datetime
     return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def check_admin_bind(host: str, token: str | None) -> None:
+    """Refuse to serve the admin endpoint beyond loopback without a bearer token."""
+    why = admin_bind_error(host, token)
+    if why is not None:
+        fail(why, 2)
+
+
+def admin_authorize(token: str | None) -> Any:
+    """The admin endpoint's auth hook: `Authorization: Bearer <token>` (or `?token=` for the
+    dashboard's EventSource, which cannot set headers), compared in constant time.  None when no
+    token is set: then the endpoint is open, and only on loopback (check_admin_bind)."""
+    if not token:
+        return None
+
+    def authorize(request: Any) -> bool:
+        if admin_token_ok(request.headers.get("Authorization"), token):
+            return True
+        q = request.query.get("token")
+        return q is not None and admin_token_ok(f"Bearer {q}", token)
+    return authorize
 
 
 # ------------------------------------------------------------------------------ connect
