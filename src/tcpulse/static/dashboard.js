@@ -267,7 +267,8 @@
     $("#n-suspect").textContent = num(suspect);
     $("#n-timeouts").textContent = num(totals.timeouts);
     $("#n-messages").textContent = num(totals.messages);
-    $("#n-rate").textContent = totals.msg_rate >= 100 ? num(Math.round(totals.msg_rate)) : String(totals.msg_rate);
+    const r = totals.msg_rate;
+    $("#n-rate").textContent = r >= 10 ? num(Math.round(r)) : String(Number(r.toFixed(1)));
     $("#n-connections").textContent = num(totals.connections);
     $("#empty").hidden = rows.size > 0;
     const dom = domRows();
