@@ -290,7 +290,10 @@ class Client:
         except ConnectionRefusedError as e:
             raise ConnectError(f"connection to {self.host}:{self.port} refused: is the server running?") from e
         except ssl.SSLError as e:
-            raise ConnectError(f"TLS handshake with {self.host}:{self.port} failed: {e.reason or e}") from e
+            why = e.reason or str(e)
+            if getattr(e, "verify_message", None):  # which check failed: CA, name, expiry
+                why = f"{why}: {e.verify_message}"  # type: ignore[attr-defined]
+            raise ConnectError(f"TLS handshake with {self.host}:{self.port} failed: {why}") from e
         except TimeoutError as e:
             raise ConnectError(f"no answer from {self.host}:{self.port} within {self.connect_timeout:g} s") from e
         except socket.gaierror as e:
