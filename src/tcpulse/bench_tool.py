@@ -157,6 +157,7 @@ class _Conn(asyncio.Protocol):
         "interval",
         "kind",
         "last_sent",
+        "lport",
         "paused",
         "ready",
         "resume",
@@ -168,6 +169,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, idx: int, kind: Kind, hello: bytes, ready: asyncio.Future[None]) -> None:
         self.idx = idx
         self.kind = kind
+        self.lport = 0
         self.hello = hello
         self.transport: asyncio.Transport | None = None
         self.buf = b""
@@ -190,6 +192,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.lport = int(sockname[1]) if sockname else 0
         if self.kind is Kind.SEED:
             self._ready()
 
@@ -336,8 +340,11 @@ async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[
             c = _Conn(i, kind, hellos(i), fut)
             local = addrs[i % len(addrs)]
             try:
-                await loop.create_connection(lambda: c, host, port,
-                                             local_addr=(local, 0) if local else None)
+                # Bounded: a server whose backlog is full drops SYNs, and the kernel would retry
+                # for minutes.
+                await asyncio.wait_for(loop.create_connection(lambda: c, host, port,
+                                                              local_addr=(local, 0) if local else None),
+                                       ready_timeout)
                 await asyncio.wait_for(fut, ready_timeout)
                 conns.append(c)
                 if on_ready is not None:
@@ -434,9 +441,12 @@ class HoldResult:
 async def hold(host: str, port: int, clients: int, interval: float, silent: int, *,
                kind: Kind = Kind.TCPULSE, server_pid: int | None = None, server_timeout: float | None = None,
                settle: float | None = None, measure: float = 5.0, grace: float | None = None,
-               progress: Progress = _no_progress, loop_name: str = "") -> HoldResult:
+               progress: Progress = _no_progress, loop_name: str = "",
+               announced: dict[int, float] | None = None) -> HoldResult:
     """Open `clients`, beat every `interval`, measure, silence `silent` at once, collect the
-    timeouts.  `server_timeout`: the timeout of a server that does not announce one (seed)."""
+    timeouts.  `server_timeout`: the timeout of a server that does not announce one (seed).
+    `announced`: for a server that tells its clients nothing, when it announced each timeout
+    (client port -> time.monotonic(), filled from its log by the caller)."""
     if not 0 <= silent <= clients:
         raise ValueError("--silent must be between 0 and --clients")
     t_start = time.monotonic()
@@ -480,7 +490,7 @@ async def hold(host: str, port: int, clients: int, interval: float, silent: int,
     grace = max(1.0, expect) if grace is None else grace
     end_wait = loop.time() + expect + grace
     while loop.time() < end_wait:
-        told = sum(1 for c in quiet if c.bye is not None or c.closed_at)
+        told = sum(1 for c in quiet if c.bye is not None or c.closed_at or (announced and c.lport in announced))
         progress("waiting for timeouts", told, len(quiet))
         if told == len(quiet) and loop.time() > end_wait - grace + 0.5:
             break  # all told, and beating clients have been watched past the deadline
@@ -490,7 +500,9 @@ async def hold(host: str, port: int, clients: int, interval: float, silent: int,
     lateness: list[float] = []
     timed_out = missed = false = other = early = 0
     for c in conns:
-        told_at = c.bye_at if c.bye == "heartbeat-timeout" else (c.closed_at if kind is Kind.SEED else 0.0)
+        told_at = c.bye_at if c.bye == "heartbeat-timeout" else 0.0
+        if kind is Kind.SEED:
+            told_at = (announced or {}).get(c.lport, 0.0) or c.closed_at
         if c.silent:
             if told_at:
                 timed_out += 1
