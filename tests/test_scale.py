@@ -149,3 +149,16 @@ def test_phi_settings_name_the_flag_when_wrong() -> None:
         PhiSettings(threshold=0)
     with pytest.raises(ValueError, match="--phi-window"):
         PhiSettings(window=1)
+
+
+def test_hello_gives_a_fresh_detector_for_the_new_interval() -> None:
+    t: Tracker[str] = Tracker()
+    t.add("a", 0.0, 5.0, 10.0, PhiDetector(5.0))
+    fresh = PhiDetector(1.0, PhiSettings(acceptable_pause=0.0))
+    t.set_interval("a", 0.0, 1.0, 20.0, fresh)
+    # Learned from the 1 s interval, not the 5 s default: dead long before the 20 s backstop.
+    deadline = t.deadline("a")
+    assert deadline is not None and deadline < 3.0
+    verdicts = t.poll(deadline)
+    assert [v.state for v in verdicts] == [State.DEAD]
+    assert verdicts[0].phi is not None and verdicts[0].phi >= 8.0 - 1e-6
