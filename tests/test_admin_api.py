@@ -265,6 +265,10 @@ async def test_auth_hook_guards_all_but_healthz(start_server: Any, admin_for: An
     for path in ("/api/clients", "/api/server", "/metrics", "/"):
         await get(admin, path, status=401)
     await get(admin, "/healthz")
+    # The page's script and style carry no data and load without the token (the browser does not
+    # send it for them); the data they fetch needs it.
+    assert "EventSource" in await get(admin, "/static/dashboard.js")
+    await get(admin, "/api/events", status=401)
     ok = await get(admin, "/api/server", headers={"Authorization": "Bearer s3cret"})
     assert ok["server_id"] == srv.server_id
 

@@ -111,17 +111,20 @@ async def test_dashboard_rows_live_suspect_then_timed_out(start_server: Any) -> 
     await asyncio.sleep(0)
 
 
-async def test_dashboard_in_chinese(start_server: Any) -> None:
+async def test_dashboard_in_chinese_behind_a_token(start_server: Any) -> None:
     from playwright.async_api import async_playwright, expect
 
+    from tcpulse.cli_token import admin_authorize
+
     srv = await start_server()
-    admin = Admin(srv, "127.0.0.1", 0)
+    admin = Admin(srv, "127.0.0.1", 0, authorize=admin_authorize("tok-123"))
     await admin.start()
     try:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = await browser.new_page()
-            await page.goto(admin.url + "?lang=zh")
+            assert (await page.goto(admin.url)).status == 401  # type: ignore[union-attr]
+            await page.goto(admin.url + "?lang=zh&token=tok-123")
             await expect(page.locator("#link")).to_have_text("实时", timeout=10_000)
             await expect(page.locator("#clients thead")).to_contain_text("客户端")
             c = await RawClient.open(srv.port)

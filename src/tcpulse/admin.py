@@ -38,7 +38,8 @@ __all__ = ["DEFAULT_ADMIN_PORT", "Admin", "Authorize", "parse_admin_addr"]
 DEFAULT_ADMIN_PORT = 8222
 STATIC_DIR = Path(__file__).with_name("static")
 
-#: The auth hook: called for every request except `/healthz`; return True to let it through.
+#: The auth hook: called for every request except `/healthz` and `/static/*` (the dashboard's
+#: script and style); return True to let it through.
 #: The dashboard sends `Authorization: Bearer <token>` on its fetches and `?token=<token>` on its
 #: EventSource URL (a browser's EventSource cannot set headers), when its own page was opened
 #: with `?token=<token>`.
@@ -164,8 +165,11 @@ class Admin:
     async def _auth_middleware(self, request: web.Request,
                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                                ) -> web.StreamResponse:
-        # The hook for admin auth: /healthz stays open so that a load balancer needs no secret.
-        if self.authorize is not None and request.path != "/healthz":
+        # The hook for admin auth: /healthz stays open so that a load balancer needs no secret,
+        # and so do the dashboard's script and style (no data in them; a browser fetches them
+        # without the token, which only the page's own URL carries).
+        path = request.path
+        if self.authorize is not None and path != "/healthz" and not path.startswith("/static/"):
             ok = self.authorize(request)
             if not isinstance(ok, bool):
                 ok = await ok
