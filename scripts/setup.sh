@@ -15,6 +15,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     need_apt chromium
     need_apt openssl
     need_apt netcat-openbsd
+    need_apt sqlite3  # the sqlite3 shell, for reading the store by hand (docs/store.md)
   fi
   if [ ${#APT_PKGS[@]} -gt 0 ]; then
     echo "setup: installing ${APT_PKGS[*]} with apt-get" >&2
