@@ -438,3 +438,15 @@ def test_admin_token_guards_every_endpoint_but_healthz(server_process: Any) -> N
         assert get(path, "s3cret-tok") == 200, path
     assert get("/api/clients?token=s3cret-tok") == 200  # the dashboard's EventSource way
     assert proc.terminate() == 0
+
+
+def test_limit_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="--max-write-buffer"):
+        Server(ServerConfig(port=0, max_write_buffer=1000))
+    with pytest.raises(ValueError, match="--max-clients"):
+        Server(ServerConfig(port=0, max_clients=-1))
+    with pytest.raises(ValueError, match="--tls-client-ca needs TLS"):
+        Server(ServerConfig(port=0, tls_client_ca="ca.pem"))
+    from tcpulse.security import write_buffer_cap
+    assert write_buffer_cap(ServerConfig()) == 2 * ((1 << 20) + 4096)
+    assert write_buffer_cap(ServerConfig(max_write_buffer=0)) > 1 << 40  # off

@@ -75,6 +75,8 @@ def validate_limits(cfg: ServerConfig) -> None:
 
 def write_buffer_cap(cfg: ServerConfig) -> int:
     """Bytes the server queues for a client that does not read, before it closes it."""
+    if cfg.max_write_buffer == 0:
+        return 1 << 62  # off: never taken for a slow consumer (memory is then unbounded)
     if cfg.max_write_buffer is not None:
         return cfg.max_write_buffer
     # Room for two maximal messages: a broadcast of a big payload must not look like a stall.
