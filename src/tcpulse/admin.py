@@ -31,7 +31,7 @@ from ._admin_feed import Feed, client_row
 from ._admin_metrics import AdminStats, live_totals, state_counts
 from .console import iso_ts
 from .events import ServerEvent
-from .server import Server, format_addr
+from .server import ClientInfo, Server, format_addr
 
 __all__ = ["DEFAULT_ADMIN_PORT", "Admin", "Authorize", "parse_admin_addr"]
 
@@ -46,22 +46,24 @@ STATIC_DIR = Path(__file__).with_name("static")
 Authorize = Callable[[web.Request], bool | Awaitable[bool]]
 
 _STATES = ("alive", "suspect", "dead")
-#: Sort keys of /api/clients and whether they sort largest first by default (as NATS's /connz:
-#: counts and idle time descending, names and ids ascending).
-_SORTS: dict[str, tuple[str, bool]] = {
-    "cid": ("cid", False),
-    "id": ("name", False),
-    "addr": ("addr", False),
-    "connected": ("connected_at", False),
-    "uptime": ("uptime", True),
-    "idle": ("idle", True),
-    "last": ("idle", False),
-    "state": ("state", False),
-    "heartbeats": ("heartbeats", True),
-    "messages": ("messages", True),
-    "bytes_in": ("bytes_in", True),
-    "bytes_out": ("bytes_out", True),
-    "rtt": ("rtt_ms", True),
+#: Sort keys of /api/clients, read from the live connection (rows are built for one page only),
+#: and whether they sort largest first by default (as NATS's /connz: counts and idle time
+#: descending, names and ids ascending).
+_SortKey = Callable[[ClientInfo, float], Any]
+_SORTS: dict[str, tuple[_SortKey, bool]] = {
+    "cid": (lambda c, now: c.conn_id, False),
+    "id": (lambda c, now: c.name, False),
+    "addr": (lambda c, now: c.addr, False),
+    "connected": (lambda c, now: c.connected_at, False),
+    "uptime": (lambda c, now: -c.connected_at, True),
+    "idle": (lambda c, now: c.last_heard_ago(now), True),
+    "last": (lambda c, now: c.last_heard_ago(now), False),
+    "state": (lambda c, now: c.state.value, False),
+    "heartbeats": (lambda c, now: c.heartbeats, True),
+    "messages": (lambda c, now: c.messages, True),
+    "bytes_in": (lambda c, now: c.bytes_in, True),
+    "bytes_out": (lambda c, now: c.bytes_out, True),
+    "rtt": (lambda c, now: c.rtt, True),
 }
 DEFAULT_LIMIT = 1024
 MAX_LIMIT = 100_000
@@ -203,19 +205,21 @@ class Admin:
             return web.json_response({"error": str(e)}, status=400)
         srv = self.server
         now_mono, now_wall = srv._loop_time(), time.time()
-        rows = [client_row(c, now_mono, now_wall) for c in srv.clients]
+        conns = srv.clients
         if states is not None:
-            rows = [r for r in rows if r["state"] in states]
+            conns = [c for c in conns if c.state.value in states]
         # None (no RTT yet) sorts after every number, in either order.
-        present = [r for r in rows if r[key] is not None]
-        missing = [r for r in rows if r[key] is None]
-        present.sort(key=lambda r: (r[key], r["cid"]), reverse=desc)
-        rows = present + missing
-        page = rows[offset:offset + limit]
+        keyed = [(key(c, now_mono), c.conn_id, c) for c in conns]
+        present = [k for k in keyed if k[0] is not None]
+        missing = [k for k in keyed if k[0] is None]
+        present.sort(key=lambda k: (k[0], k[1]), reverse=desc)
+        chosen = (present + missing)[offset:offset + limit]
+        page = [client_row(c, now_mono, now_wall) for _k, _cid, c in chosen]
+        total = len(keyed)
         return web.json_response({
             "server_id": srv.server_id,
             "now": iso_ts(now_wall),
-            "total": len(rows),
+            "total": total,
             "offset": offset,
             "limit": limit,
             "num_clients": len(page),
@@ -293,7 +297,7 @@ def _parse_states(value: str | None) -> set[str] | None:
     return states
 
 
-def _parse_sort(value: str, order: str | None) -> tuple[str, bool]:
+def _parse_sort(value: str, order: str | None) -> tuple[_SortKey, bool]:
     if value not in _SORTS:
         raise ValueError(f"sort must be one of {', '.join(_SORTS)} (got {value!r})")
     key, desc = _SORTS[value]
