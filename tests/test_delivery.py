@@ -130,6 +130,11 @@ def test_server_killed_mid_stream_client_reconnects_nothing_lost(
         expect_all(db, "streamer", total)
     finally:
         srv2.kill()
+    # History: the connection the killed server had open ended with it.
+    con = sqlite3.connect(db)
+    ends = [r[0] for r in con.execute("SELECT end_reason FROM connections WHERE client_id = 'streamer' ORDER BY id")]
+    con.close()
+    assert ends[0] == "server-gone", ends
     assert killed_at < total  # the kill really happened mid-stream
     out = "\n".join(c.out)
     assert "Connection lost" in out and "Reconnected after" in out, out
