@@ -4,10 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._connection import Connection, ProtocolError, Role  # noqa: E402
-from ._events import Ack, Bye, Err, ErrorCode, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong  # noqa: E402
-from .client import Client, ClientEvent, ConnectError, ServerError, connect  # noqa: E402
-from .server import ClientInfo, Server, ServerConfig  # noqa: E402
+from ._connection import Connection, ProtocolError, Role
+from ._events import Ack, Bye, Err, ErrorCode, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from .client import Client, ClientEvent, ConnectError, ServerError, connect
+from .server import ClientInfo, Server, ServerConfig
 
 __all__ = [
     "Ack", "Bye", "Client", "ClientEvent", "ClientInfo", "ConnectError", "Connection", "Err",

@@ -36,10 +36,10 @@ from ._events import (
 )
 
 __all__ = [
-    "Connection",
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_PAYLOAD",
     "PRE_INFO_CAP",
+    "Connection",
     "ProtocolError",
     "Role",
 ]
@@ -222,9 +222,29 @@ class Connection:
     """
 
     __slots__ = (
-        "role", "max_line", "max_payload", "error", "closed", "hello", "info", "paused",
-        "auth_required", "auto_pong", "peer_caps_known", "_pending", "_payload", "_payload_need", "_payload_seq",
-        "_ending", "_out", "_err_out", "_seen_frame", "_next_seq", "_hello_sent", "_bye_received", "_sent_close",
+        "_bye_received",
+        "_ending",
+        "_err_out",
+        "_hello_sent",
+        "_next_seq",
+        "_out",
+        "_payload",
+        "_payload_need",
+        "_payload_seq",
+        "_pending",
+        "_seen_frame",
+        "_sent_close",
+        "auth_required",
+        "auto_pong",
+        "closed",
+        "error",
+        "hello",
+        "info",
+        "max_line",
+        "max_payload",
+        "paused",
+        "peer_caps_known",
+        "role",
     )
 
     def __init__(self, role: Role, *, max_line: int = DEFAULT_MAX_LINE,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 __all__ = [
+    "PROTO_VERSION",
+    "SEQ_LIMIT",
     "Ack",
     "Bye",
     "Err",
@@ -26,8 +28,6 @@ __all__ = [
     "Ok",
     "Ping",
     "Pong",
-    "PROTO_VERSION",
-    "SEQ_LIMIT",
 ]
 
 PROTO_VERSION = 1

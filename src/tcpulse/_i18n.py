@@ -34,7 +34,7 @@ def set_language(lang: str | None) -> str:
     code = lang.split(".")[0].split("_")[0].lower()
     if code == "zh":
         _translation = gettext.translation("tcpulse", localedir=_LOCALE_DIR, languages=["zh"], fallback=True)
-        _language = "zh" if not type(_translation) is gettext.NullTranslations else "en"
+        _language = "zh" if type(_translation) is not gettext.NullTranslations else "en"
     else:
         _translation = gettext.NullTranslations()
         _language = "en"

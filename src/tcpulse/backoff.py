@@ -16,7 +16,7 @@ class Backoff:
     that got as far as `OK` starts again from `base`.  `rng` returns a float in [0, 1).
     """
 
-    __slots__ = ("base", "cap", "factor", "attempt", "_rng")
+    __slots__ = ("_rng", "attempt", "base", "cap", "factor")
 
     def __init__(self, base: float = 0.1, cap: float = 10.0, factor: float = 2.0,
                  rng: Callable[[], float] = random.random) -> None:

@@ -139,10 +139,33 @@ class ClientInfo(asyncio.Protocol):
     """
 
     __slots__ = (
-        "server", "conn", "transport", "conn_id", "addr", "id", "session", "connected_at",
-        "connected_mono", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "sec", "interval",
-        "timeout", "reason", "detail", "high", "_ping_ctx", "_ping_sent", "_linger", "_closed",
-        "_acked_sent", "closed_event", "stored",
+        "_acked_sent",
+        "_closed",
+        "_linger",
+        "_ping_ctx",
+        "_ping_sent",
+        "addr",
+        "bytes_in",
+        "bytes_out",
+        "closed_event",
+        "conn",
+        "conn_id",
+        "connected_at",
+        "connected_mono",
+        "detail",
+        "heartbeats",
+        "high",
+        "id",
+        "interval",
+        "messages",
+        "reason",
+        "rtt",
+        "sec",
+        "server",
+        "session",
+        "stored",
+        "timeout",
+        "transport",
     )
 
     def __init__(self, server: Server) -> None:
