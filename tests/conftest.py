@@ -31,6 +31,13 @@ TIME_SCALE = float(os.environ.get("TCPULSE_TEST_TIME_SCALE", "1"))
 MS = 0.001 * TIME_SCALE
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `tcpulse serve` keeps tcpulse.db in the working directory by default: every test (and the
+    # processes it starts) runs in its own temporary directory, never in the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 async def start_server() -> AsyncIterator[Any]:
     servers: list[Server] = []
