@@ -314,6 +314,9 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
                 # One line per reconnect (PROTOCOL.md, "Delivery": the server's acked, then resend).
                 _say(_("Reconnected after {secs:.1f} s: the server has up to #{acked}; sent again: {n}").format(
                     secs=time.monotonic() - state["lost_at"], acked=ok.acked, n=d.get("resent", 0)))
+        elif k == "renumbered":
+            _say(_("The server lost its record of this session (it keeps no store and restarted): "
+                   "{n} held message(s) numbered again from #{first}").format(n=d["held"], first=d["acked"] + 1))
         elif k == "beat":
             if opts.seed_demo or opts.verbose:
                 _say(_("Sent heartbeat #{n}").format(n=d["n"]))

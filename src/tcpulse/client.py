@@ -89,6 +89,10 @@ class Outbox:
     def pending(self) -> list[tuple[int, bytes]]:
         raise NotImplementedError
 
+    def renumber(self, start: int) -> None:
+        """Number the held messages start, start+1, ... in order, and go on from there."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -107,6 +111,10 @@ class MemoryOutbox(Outbox):
         q = self._q
         while q and q[0][0] <= upto:
             q.popleft()
+
+    def renumber(self, start: int) -> None:
+        self._q = deque((start + i, p) for i, (_, p) in enumerate(self._q))
+        self.last_seq = start + len(self._q) - 1
 
     def pending(self) -> list[tuple[int, bytes]]:
         return list(self._q)
@@ -368,6 +376,14 @@ class Client:
             # PROTOCOL.md, "Delivery": acked says where the server stands; resend the rest, in
             # order, and number new messages after the highest of both.
             self._on_ack(ok.acked)
+            pending = self.outbox.pending()
+            if ok.acked < self.outbox.last_seq and (not pending or pending[0][0] > ok.acked + 1):
+                # The server has forgotten part of this session: one without a store restarted
+                # (PROTOCOL.md, "Delivery": then `acked` does not survive its restart).  Sending
+                # our numbers would skip ahead; number what we hold on from its `acked` instead.
+                self.outbox.renumber(ok.acked + 1)
+                self.acked = ok.acked
+                self._emit("renumbered", acked=ok.acked, held=len(pending))
             if ok.acked > self.outbox.last_seq:
                 self.outbox.last_seq = ok.acked
             for seq, payload in self.outbox.pending():

@@ -125,6 +125,17 @@ class SQLiteOutbox(Outbox):
     def pending(self) -> list[tuple[int, bytes]]:
         return list(self._q)
 
+    def renumber(self, start: int) -> None:
+        db = self._db
+        items = [(start + i, p) for i, (_, p) in enumerate(self._q)]
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM pending")
+        db.executemany("INSERT INTO pending VALUES (?, ?)", items)
+        self._last = start + len(items) - 1
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(self._last),))
+        db.execute("COMMIT")
+        self._q = deque(items)
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
