@@ -803,15 +803,25 @@ class Server:
         self._timer = None
         # Timers may fire a hair early (clock resolution): never judge before the due moment.
         now = max(self._loop.time(), self._timer_when)
+        dead = []
         for v in self._tracker.poll(now):
             c = v.key
             if v.state is State.SUSPECT:
                 self._emit(Suspect(c, v.silent_for))
-            elif v.state is State.DEAD:
-                self.totals["timeouts"] += 1
-                self._store.record_timeout(c.conn_id, c.id, time.time(), v.silent_for, v.late_by, phi=v.phi)
-                self._emit(TimedOut(c, v.silent_for, v.late_by, v.phi))
-                c.say_bye("heartbeat-timeout", DisconnectReason.TIMEOUT)
+            elif v.state is State.DEAD and not c._closed:
+                # Announce first: every BYE of this batch goes on the wire before any logging,
+                # storing or closing, so that when many clients die at once the last one is not
+                # told late by the bookkeeping of the others (PROTOCOL.md, "Liveness": promptly).
+                c.conn.send(_BYE_TIMEOUT)
+                c._flush()
+                dead.append(v)
+        wall = time.time()
+        for v in dead:
+            c = v.key
+            self.totals["timeouts"] += 1
+            self._store.record_timeout(c.conn_id, c.id, wall, v.silent_for, v.late_by, phi=v.phi)
+            self._emit(TimedOut(c, v.silent_for, v.late_by, v.phi))
+            c._end(DisconnectReason.TIMEOUT, "heartbeat-timeout", linger=True)
         if not self._closing:
             self._arm()
 
@@ -823,6 +833,9 @@ class Server:
         while True:
             await asyncio.sleep(every)
             self._emit(Status(self.status_rows()))
+
+
+_BYE_TIMEOUT = Bye(reason="heartbeat-timeout")
 
 
 def _to_bytes(payload: bytes | str) -> bytes:
