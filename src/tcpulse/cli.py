@@ -37,8 +37,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def run_loop(coro: Callable[[], Coroutine[Any, Any, int]], loop_kind: str = "auto") -> int:
-    """Run `coro()` on asyncio, or on uvloop when it is installed (and `loop_kind` allows)."""
+def loop_runner(loop_kind: str = "auto") -> tuple[Callable[[Coroutine[Any, Any, Any]], Any], str]:
+    """The function that runs a coroutine on the chosen event loop, and the loop's name:
+    uvloop when it is installed (and `loop_kind` allows), asyncio otherwise."""
     if loop_kind in ("auto", "uvloop"):
         try:
             import uvloop
@@ -46,8 +47,14 @@ def run_loop(coro: Callable[[], Coroutine[Any, Any, int]], loop_kind: str = "aut
             if loop_kind == "uvloop":
                 fail("--loop uvloop: uvloop is not installed; pip install 'tcpulse[fast]' or use --loop asyncio")
         else:
-            return uvloop.run(coro())
-    return asyncio.run(coro())
+            return uvloop.run, "uvloop"
+    return asyncio.run, "asyncio"
+
+
+def run_loop(coro: Callable[[], Coroutine[Any, Any, int]], loop_kind: str = "auto") -> int:
+    """Run `coro()` on asyncio, or on uvloop when it is installed (and `loop_kind` allows)."""
+    runner, _name = loop_runner(loop_kind)
+    return int(runner(coro()))
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

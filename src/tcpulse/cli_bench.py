@@ -7,7 +7,6 @@ Progress goes to stderr while it runs; the result is a table on stdout, or one J
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Callable, Coroutine, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import click
 
 from .bench_tool import HoldResult, IngestResult, Kind, SpawnedServer, hold, ingest
-from .cli import DEFAULT_PORT, fail, main
+from .cli import DEFAULT_PORT, fail, loop_runner, main
 
 __all__ = ["bench"]
 
@@ -72,15 +71,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def _run(coro: Callable[[], Coroutine[Any, Any, Any]], loop_kind: str) -> tuple[Any, str]:
-    if loop_kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop_kind == "uvloop":
-                fail("--loop uvloop: uvloop is not installed; pip install 'tcpulse[fast]' or use --loop asyncio")
-        else:
-            return uvloop.run(coro()), "uvloop"
-    return asyncio.run(coro()), "asyncio"
+    runner, name = loop_runner(loop_kind)
+    return runner(coro()), name
 
 
 def _start(spawn: bool, server_args: tuple[str, ...], server_loop: str, host: str, port: int,
