@@ -284,6 +284,42 @@ async def test_dashboard_files_are_served(start_server: Any, admin_for: Any) -> 
     await get(admin, "/static/../admin.py", status=404)
 
 
+def test_rtt_finer_than_a_millisecond_on_uvloop() -> None:
+    # `serve` and `connect` run on uvloop when it is installed, whose clock ticks in whole
+    # milliseconds: a loopback RTT taken on it reads 0 or 1 ms.  Both ends must measure finer.
+    uvloop = pytest.importorskip("uvloop")
+    from tcpulse.events import RttMeasured
+    from tcpulse.server import ServerConfig
+
+    def whole_ms(seconds: float) -> bool:
+        return abs(seconds * 1000 - round(seconds * 1000)) < 1e-6
+
+    async def main() -> tuple[list[float], list[float]]:
+        srv = Server(ServerConfig(port=0, status_every=0))
+        await srv.start()
+        server_rtts: list[float] = []
+        srv.subscribe(lambda ev: server_rtts.append(ev.rtt) if isinstance(ev, RttMeasured) else None,
+                      messages=False, heartbeats=False)
+        clients = []
+        try:
+            for i in range(3):
+                c = Client("127.0.0.1", srv.port, id=f"uv-{i}", reconnect=False)
+                await c.start()
+                clients.append(c)
+            client_rtts = [await c.ping() for c in clients for _ in range(2)]
+            await until(lambda: len(server_rtts) >= 3)
+        finally:
+            for c in clients:
+                await c.close()
+            await srv.close(grace=0.5)
+        return server_rtts, client_rtts
+
+    server_rtts, client_rtts = uvloop.run(main())
+    assert all(r > 0 for r in server_rtts + client_rtts), (server_rtts, client_rtts)
+    assert not all(whole_ms(r) for r in server_rtts), server_rtts
+    assert not all(whole_ms(r) for r in client_rtts), client_rtts
+
+
 @pytest.mark.parametrize(("text", "want"), [
     ("127.0.0.1:8222", ("127.0.0.1", 8222)),
     (":9000", ("127.0.0.1", 9000)),

@@ -17,6 +17,7 @@ import contextlib
 import secrets
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -216,8 +217,8 @@ class Client:
     async def ping(self) -> float:
         """Send a PING and return the round-trip time in seconds."""
         ctx = "c" + secrets.token_hex(4)
-        fut = asyncio.get_running_loop().time()
-        self._ping_sent[ctx] = fut
+        # RTTs on time.perf_counter(), not the loop's clock: uvloop's has millisecond resolution.
+        self._ping_sent[ctx] = time.perf_counter()
         self._write(Ping(ctx=ctx))
         while ctx in self._ping_sent:
             self._wake.clear()
@@ -479,7 +480,7 @@ class Client:
                     self._emit("beat", n=self.heartbeats_sent)
                 elif act is Action.PING:
                     ctx = "k" + secrets.token_hex(3)
-                    self._ping_sent[ctx] = loop.time()
+                    self._ping_sent[ctx] = time.perf_counter()
                     self._write(Ping(ctx=ctx))
                 elif act is Action.DEAD:
                     timeout = live.timeout if isinstance(live, ClientLiveness) else 0.0
@@ -504,7 +505,7 @@ class Client:
             elif isinstance(ev, Pong):
                 sent = self._ping_sent.pop(ev.ctx or "", None)
                 if sent is not None:
-                    self.rtt = loop.time() - sent
+                    self.rtt = time.perf_counter() - sent
                     self._emit("rtt", rtt=self.rtt)
                     self._wake.set()
             elif isinstance(ev, Ping):

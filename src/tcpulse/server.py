@@ -349,7 +349,7 @@ class ClientInfo(asyncio.Protocol):
             elif t is Pong:
                 ctl += 1
                 if ev.ctx is not None and ev.ctx == self._ping_ctx:
-                    self.rtt = now - self._ping_sent
+                    self.rtt = time.perf_counter() - self._ping_sent
                     self._ping_ctx = None
                     srv._emit(RttMeasured(self, self.rtt))
             elif t is Hello:
@@ -396,7 +396,9 @@ class ClientInfo(asyncio.Protocol):
         if self._closed:
             return
         self._ping_ctx = "rtt" + secrets.token_hex(3)
-        self._ping_sent = self.server._loop_time()
+        # Not the loop's clock: uvloop's has millisecond resolution, and a loopback round trip
+        # is tens of microseconds (it would read 0 or 1 ms).
+        self._ping_sent = time.perf_counter()
         self.send_frame(Ping(ctx=self._ping_ctx))
 
     # ---------------------------------------------------------------- endings
