@@ -5,12 +5,14 @@ Real sockets on 127.0.0.1, a real server (in-process, or spawned by `tcpulse ben
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 
-from tcpulse.bench_tool import Kind, hold, ingest, proc_sample, source_addresses
+from tcpulse.bench_tool import Kind, _Conn, hold, ingest, proc_sample, source_addresses
+from tcpulse.events import MessageReceived
 
 from .conftest import MS
 
@@ -47,16 +49,40 @@ async def test_hold_counts_false_timeouts_when_clients_beat_too_slowly(start_ser
 
 async def test_ingest_reaches_the_barrier_with_every_message(start_server) -> None:  # type: ignore[no-untyped-def]
     srv = await start_server()
+    received: list[int | None] = []
+    srv.subscribe(lambda ev: received.append(ev.seq) if isinstance(ev, MessageReceived) else None)
+    # The barrier is passed only once the server has handled every message: counted at the moment
+    # ingest() returns, before the server can read anything more.
     res = await ingest("127.0.0.1", srv.port, 4, 3000, 64)
     assert res.connected == 4 and res.rate > 0
-    res = await ingest("127.0.0.1", srv.port, 3, 2000, 10, seq=True)
+    assert len(received) == 4 * 3000
+    received.clear()
+    # With --seq, the barrier is the ACK of each client's last message, not the first ACK that
+    # arrives while it still sends (the server acknowledges after every read).
+    res = await ingest("127.0.0.1", srv.port, 3, 20000, 10, seq=True)
     assert res.connected == 3
+    assert len(received) == 3 * 20000
+    assert received.count(20000) == 3
     await _settle()
-    assert srv.totals["messages"] >= 4 * 3000 + 3 * 2000
+    assert srv.totals["messages"] >= 4 * 3000 + 3 * 20000
+
+
+async def test_an_ack_while_still_sending_is_not_the_barrier() -> None:
+    # The server acknowledges after every read, so ACKs arrive while a --seq client still sends;
+    # only the ACK of its last message ends its run (else the rate counts to the first ACK).
+    loop = asyncio.get_running_loop()
+    c = _Conn(0, Kind.TCPULSE, b"", loop.create_future())
+    c.barrier = loop.create_future()
+    c.data_received(b"ACK 512\n")
+    assert not c.barrier.done()
+    c.ack_target = 20000  # the last message is written
+    c.data_received(b"ACK 19999\n")
+    assert not c.barrier.done()
+    c.data_received(b"ACK 20000\n")
+    assert c.barrier.done() and c.acked == 20000
 
 
 async def _settle() -> None:
-    import asyncio
     for _ in range(100):
         await asyncio.sleep(0.01)
 

@@ -234,7 +234,10 @@ class _Conn(asyncio.Protocol):
                 self.send(b"PONG" + line[4:] + (b"\r\n" if self.kind is Kind.NATS else b"\n"))
         elif line.startswith(b"ACK "):
             self.acked = int(line[4:])
-            if self.acked >= self.ack_target and self.barrier is not None and not self.barrier.done():
+            # `ack_target` is set only once the last message is written: an ACK that arrives
+            # while the client still sends is not the barrier.
+            if (self.ack_target and self.acked >= self.ack_target and self.barrier is not None
+                    and not self.barrier.done()):
                 self.barrier.set_result(now)
         elif line.startswith(b"PONG"):
             if self.barrier is not None and not self.barrier.done() and not self.ack_target:
