@@ -214,6 +214,23 @@ async def test_metrics_counters_move(start_server: Any, admin_for: Any) -> None:
     await lib.close()
 
 
+async def test_dropped_frame_429s_are_counted(start_server: Any, admin_for: Any) -> None:
+    # PROTOCOL.md, "Errors", 429: frames over the rate are dropped with ERR 429 and the client
+    # stays connected (until it keeps on); those ERRs are protocol errors by code too.
+    srv = await start_server(max_frames_per_sec=10, max_strikes=100)
+    admin = await admin_for(srv)
+    c = await RawClient.open(srv.port)
+    await c.hello("eager", heartbeat_interval=5.0)
+    await c.send(b"HEARTBEAT\n" * 50)  # one read, five times the one-second burst
+    assert (await c.expect(b"ERR ")) == b"ERR 429 too many frames per second, frame dropped"
+    assert srv.client("eager") is not None  # dropped, not closed
+    m = metrics(await get(admin, "/metrics"))
+    assert m.get('tcpulse_protocol_errors_total{code="429"}', 0) >= 1  # one per read that went over
+    errors = (await get(admin, "/api/server"))["totals"]["protocol_errors"]
+    assert set(errors) == {"429"} and errors["429"] >= 1
+    c.close()
+
+
 async def test_registry_is_per_server(start_server: Any, admin_for: Any) -> None:
     # Two servers in one process: each admin counts only its own (no global registry).
     s1 = await start_server()

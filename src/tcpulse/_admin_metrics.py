@@ -89,6 +89,15 @@ class AdminStats:
             assert isinstance(ev, ProtocolErrorOccurred)
             self.errors[ev.code] += 1
 
+    def error_counts(self) -> dict[int, int]:
+        """`ERR` frames sent, by code: those that ended or refused a connection (events) and the
+        `429`s of dropped frames (counted by the server's guard, which sends them without an event)."""
+        counts = dict(self.errors)
+        dropped = self.server.guard.dropped_429
+        if dropped:
+            counts[429] = counts.get(429, 0) + dropped
+        return dict(sorted(counts.items()))
+
     def lateness_summary(self) -> dict[str, Any]:
         """p50 / p99 / max of the last `LATENESS_WINDOW` timeouts' lateness, in milliseconds."""
         values = list(self._late)
@@ -139,6 +148,6 @@ class _ServerCollector(Collector):
             yield CounterMetricFamily(name, doc, value=t.get(key, 0))
         errors = CounterMetricFamily("tcpulse_protocol_errors", "ERR frames sent to clients, by code",
                                      labels=["code"])
-        for code, n in sorted(self.stats.errors.items()):
+        for code, n in self.stats.error_counts().items():
             errors.add_metric([str(code)], n)
         yield errors

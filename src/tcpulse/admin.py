@@ -251,7 +251,7 @@ class Admin:
                 "bytes_in": totals["bytes_in"],
                 "bytes_out": totals["bytes_out"],
                 "timeouts": totals["timeouts"],
-                "protocol_errors": {str(k): v for k, v in sorted(self.stats.errors.items())},
+                "protocol_errors": {str(k): v for k, v in self.stats.error_counts().items()},
             },
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),

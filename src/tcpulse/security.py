@@ -230,6 +230,9 @@ class Guard:
         self.open_files = (0, 0)
         self.write_buffer = write_buffer_cap(cfg)
         self.max_buffered = DEFAULT_MAX_BUFFERED if cfg.max_buffered is None else cfg.max_buffered
+        #: `ERR 429` sent for dropped frames (no event each: a flood would flood the log too);
+        #: the admin's protocol-error counts add them.
+        self.dropped_429 = 0
         self._prepared = False
 
     @property
@@ -366,6 +369,7 @@ class Guard:
         if v.close:
             c.fail(ErrorCode.TOO_MANY, "too many frames per second, closing", DisconnectReason.ERROR)
         elif v.over:
+            self.dropped_429 += 1
             c.conn.send(Err(code=int(ErrorCode.TOO_MANY), text="too many frames per second, frame dropped"))
 
     # ---------------------------------------------------------------- HELLO
