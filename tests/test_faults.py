@@ -243,6 +243,26 @@ async def test_sigterm_shuts_down_gracefully(tmp_path: Path, procs: list[subproc
         assert c2.ok is not None and c2.ok.acked == 50
 
 
+async def test_shutdown_grace_bounds_flush_and_goodbyes_together(start_server: Any) -> None:
+    """--shutdown-grace bounds the whole shutdown: a store that cannot finish its flush and a client
+    that does not leave after BYE share one grace period, not one each."""
+    from tcpulse.store import MemoryStore
+
+    class StuckStore(MemoryStore):  # a disk that never completes a write
+        async def flush(self) -> None:
+            await asyncio.sleep(3600)
+
+    srv = await start_server(store=StuckStore())
+    rc = await RawClient.open(srv.port)
+    await rc.hello("lingerer")  # reads the BYE, never closes
+    t0 = time.monotonic()
+    await srv.close(grace=0.5)
+    took = time.monotonic() - t0
+    assert await rc.expect(b"BYE") == b"BYE shutdown"
+    assert 0.45 <= took < 0.85, took
+    rc.close()
+
+
 async def test_second_signal_exits_at_once(procs: list[subprocess.Popen[bytes]]) -> None:
     port = _free_port()
     server = _serve(port, "--shutdown-grace", "30")

@@ -8,6 +8,7 @@ loopback).  Nothing here sleeps for long: timeouts are in MS (conftest.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -197,6 +198,28 @@ async def test_no_hello_in_time_is_408(start_server: Any, tokens: Any) -> None:
     await rc.send(b"HELLO {")  # a HELLO that never ends is no HELLO
     assert await rc.lines_until_eof() == [b"ERR 408 no HELLO within the auth timeout"]
     assert time.monotonic() - t0 >= 150 * MS
+
+
+async def test_unauthenticated_timeout_stores_nothing(start_server: Any, tokens: Any, tmp_path: Path) -> None:
+    """With auth, a connection that never authenticated leaves no trace in the store, also when
+    the heartbeat timeout (here shorter than --auth-timeout) ends it rather than ERR 408."""
+    import sqlite3
+
+    from tcpulse.sqlite_store import SQLiteStore
+    path, toks = tokens
+    db = str(tmp_path / "auth.db")
+    srv, _ = await _auth_server(start_server, path, store=SQLiteStore(db), heartbeat_interval=100 * MS,
+                                heartbeat_timeout=200 * MS)
+    rc = await RawClient.open(srv.port)
+    await rc.info()
+    assert await rc.lines_until_eof() == [b"BYE heartbeat-timeout"]  # silent, never said HELLO
+    rc.close()
+    async with Client("127.0.0.1", srv.port, id="sensor-1", token=toks["sensor-1"], reconnect=False) as c:
+        assert c.ok is not None
+    await srv.store.flush()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT count(*) FROM timeouts").fetchone()[0] == 0
+        assert [r[0] for r in con.execute("SELECT client_id FROM connections")] == ["sensor-1"]
 
 
 async def test_repeated_failures_are_slowed_down(start_server: Any, tokens: Any) -> None:

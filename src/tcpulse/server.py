@@ -607,11 +607,12 @@ class Server:
             self._status_task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        # One grace period for the flush and the goodbyes together: shutdown is bounded by it.
+        deadline = self._loop.time() + grace
         for c in list(self._clients):
             c.say_bye("shutdown", DisconnectReason.SHUTDOWN)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._store.flush(), grace)
-        deadline = self._loop.time() + grace
         while self._open and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
         for c in list(self._open):
@@ -821,7 +822,9 @@ class Server:
         for v in dead:
             c = v.key
             self.totals["timeouts"] += 1
-            self._store.record_timeout(c.conn_id, c.id, wall, v.silent_for, v.late_by, phi=v.phi)
+            if c.id is not None or not self.guard.auth_required:
+                # With auth, nothing is stored for a connection that never authenticated.
+                self._store.record_timeout(c.conn_id, c.id, wall, v.silent_for, v.late_by, phi=v.phi)
             self._emit(TimedOut(c, v.silent_for, v.late_by, v.phi))
             c._end(DisconnectReason.TIMEOUT, "heartbeat-timeout", linger=True)
         if not self._closing:
