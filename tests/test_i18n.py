@@ -28,8 +28,8 @@ from .conftest import MS, tcpulse_cmd
 
 PKG = Path(tcpulse.__file__).parent
 PO = PKG / "locale" / "zh" / "LC_MESSAGES" / "tcpulse.po"
-#: Modules whose every string a user sees must be in the zh catalog.
-TRANSLATED = ["console.py", "cli_status.py"]
+#: Modules whose every `_()` string must be in the zh catalog: all of them.
+TRANSLATED = sorted(p.name for p in PKG.glob("*.py"))
 
 
 def catalog() -> dict[str, str]:
@@ -123,6 +123,8 @@ def test_original_demo_lines_in_chinese() -> None:
                    "--heartbeat-timeout", str(2 * interval), "--status-every", str(interval)) as (srv, out, port):
         stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] "
         out.wait_for(stamp + r"心跳检测阈值: " + re.escape(f"{2 * interval:g}") + "秒")
+        # Every start-up line is in Chinese, the capacity line too.
+        out.wait_for(stamp + r"容量: 本服务器最多可容纳 \d+ 个客户端")
         client = subprocess.run(
             tcpulse_cmd("connect", "--port", str(port), "--id", "demo-1", "--seed-demo", "--lang", "zh"),
             input="你好\n", capture_output=True, text=True, timeout=60)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ._i18n import _
 from .auth import AuthFile, AuthFileError
 from .cli import fail, main
 from .console import ConsoleLog, iso_ts
@@ -107,10 +108,10 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
     else:
         extra = []
         if g.ssl is not None:
-            extra.append("TLS" + (" with client certificates" if server.config.tls_client_ca else ""))
+            extra.append(_("TLS with client certificates") if server.config.tls_client_ca else "TLS")
         if g.auth is not None:
-            extra.append(f"tokens for {len(g.auth)} ids from {g.auth.path}")
-        log.out.write(f"[{_local_ts()}] Capacity: {g.capacity_text()}"
+            extra.append(_("tokens for {n} ids from {path}").format(n=len(g.auth), path=g.auth.path))
+        log.out.write(f"[{_local_ts()}] " + _("Capacity: {text}").format(text=g.capacity_text())
                       + (f"; {', '.join(extra)}" if extra else "") + "\n")
     log.out.flush()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._events import Err, ErrorCode, Hello, Pong
+from ._i18n import _
 from .auth import AuthFile, AuthFileError, FailureDelay
 from .events import DisconnectReason, Warning_
 from .ratelimit import FrameRate
@@ -261,10 +262,11 @@ class Guard:
 
     def capacity_text(self) -> str:
         soft, _hard = self.open_files
-        s = f"this server can hold {self.max_clients} clients (open-file limit {soft}"
         if self.cfg.max_clients and self.cfg.max_clients > self.max_clients:
-            s += f"; --max-clients {self.cfg.max_clients} lowered to fit: raise 'ulimit -n' to hold more"
-        return s + ")"
+            return _("this server can hold {n} clients (open-file limit {soft}; --max-clients {asked} lowered "
+                     "to fit: raise 'ulimit -n' to hold more)").format(n=self.max_clients, soft=soft,
+                                                                        asked=self.cfg.max_clients)
+        return _("this server can hold {n} clients (open-file limit {soft})").format(n=self.max_clients, soft=soft)
 
     def reload_auth(self) -> None:
         """Re-read the auth file now (SIGHUP)."""
