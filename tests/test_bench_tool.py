@@ -118,3 +118,13 @@ def test_bench_errors_are_one_line() -> None:
     assert out.returncode != 0
     assert out.stderr.startswith("tcpulse: error: cannot reach a server at 127.0.0.1:1")
     assert "Traceback" not in out.stderr
+
+
+def test_bench_spawn_with_a_bad_server_arg_fails_in_one_line() -> None:
+    out = subprocess.run([sys.executable, "-m", "tcpulse", "bench", "hold", "--spawn", "-n", "1",
+                          "--server-arg=--detector=bogus"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode != 0
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("tcpulse: error: --spawn: the server exited with 2:")
+    assert "--detector" in out.stderr and "--server-arg" in out.stderr

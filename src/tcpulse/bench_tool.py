@@ -117,7 +117,9 @@ class SpawnedServer:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"the server exited with {self.proc.returncode}: {err.strip()}")
+                # Its last line names the problem (click's usage lines come before it): one line.
+                last = (err.strip().splitlines() or ["no message"])[-1].strip()
+                raise RuntimeError(f"the server exited with {self.proc.returncode}: {last}")
             with open(self.log.name, "rb") as f:
                 for line in f:
                     with contextlib.suppress(ValueError):
