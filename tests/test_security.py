@@ -260,6 +260,30 @@ async def test_auth_file_change_is_picked_up_without_restart(start_server: Any, 
     assert _audits(events, "auth-revoked")
 
 
+async def test_revoked_token_ends_its_connection_without_another_hello(start_server: Any, tokens: Any) -> None:
+    """The server watches the auth file: a revoked id's connection ends with ERR 401 although no
+    other client says HELLO and nobody sends SIGHUP."""
+    from tcpulse.security import AUTH_WATCH_EVERY
+    path, toks = tokens
+    srv, events = await _auth_server(start_server, path)
+    rc = await RawClient.open(srv.port)
+    await rc.hello("sensor-2", token=toks["sensor-2"])
+    AuthFile(path).revoke("sensor-2")
+    t0 = time.monotonic()
+    lines = await rc.lines_until_eof(AUTH_WATCH_EVERY + 3)
+    assert lines[-1] == b"ERR 401 token revoked", lines
+    assert time.monotonic() - t0 < AUTH_WATCH_EVERY + 1
+    rc.close()
+    assert [a.fields["id"] for a in _audits(events, "auth-revoked")] == ["sensor-2"]
+    # A bad file is reported once, not at every look, and the tokens loaded before stay in force.
+    Path(path).write_text("not an auth file\n")
+    await asyncio.sleep(2.5 * AUTH_WATCH_EVERY)
+    assert len(_audits(events, "auth-reload-failed")) == 1
+    async with Client("127.0.0.1", srv.port, id="sensor-1", token=toks["sensor-1"], reconnect=False) as c:
+        assert c.ok is not None
+    assert len(_audits(events, "auth-reload-failed")) == 1
+
+
 async def test_sighup_reload_in_a_real_server(tmp_path: Path, server_process: Any) -> None:
     path = str(tmp_path / "tokens")
     tok = AuthFile(path).add("a1")
@@ -413,6 +437,10 @@ def test_tls_settings_are_checked_up_front(pki: dict[str, Any], tmp_path: Path) 
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
     assert "Traceback" not in r.stderr
+    # A client key without its certificate is an error, also without --tls (it was ignored).
+    r = subprocess.run(tcpulse_cmd("connect", "--port", "1", "--tls-key", str(tmp_path / "x")),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tls-key needs --tls-cert" in r.stderr
 
 
 def test_openssl_s_client_talks_to_the_server(pki: dict[str, Any], server_process: Any) -> None:

@@ -8,7 +8,8 @@ clients.  Digests are compared in constant time, also for ids that do not exist.
     tcpulse token add sensor-7 --auth-file tokens.txt   # prints the token once
     tcpulse serve --auth-file tokens.txt
 
-The server re-reads the file when it changes (checked on every HELLO: one `stat()`) or on SIGHUP.
+The server re-reads the file when it changes (one `stat()` every second and on every HELLO) or on
+SIGHUP.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ def token_list(auth_file: str) -> None:
 @click.argument("client_id", metavar="ID")
 @auth_file_option
 def token_revoke(client_id: str, auth_file: str) -> None:
-    """Remove ID's token.  A running server notices at once (it re-reads the file when it
-    changes) and closes ID's connection with ERR 401 at the next HELLO or SIGHUP."""
+    """Remove ID's token.  A running server notices within a second (it re-reads the file
+    when it changes) and closes ID's connection with ERR 401."""
     try:
         gone = AuthFile(auth_file).revoke(client_id)
     except (AuthFileError, OSError) as e:
@@ -148,10 +148,10 @@ def admin_authorize(token: str | None) -> Any:
 
 def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key: str | None) -> Any:
     """The client's SSL context for `connect` (None without TLS); one clear line on a bad flag."""
-    if not (tls or ca or insecure or cert):
-        return None
     if key is not None and cert is None:
         fail("--tls-key needs --tls-cert (the client certificate it belongs to)", 2)
+    if not (tls or ca or insecure or cert):
+        return None
     try:
         return client_ssl_context(ca, insecure=insecure, cert=cert, key=key)
     except SecurityConfigError as e:

@@ -11,6 +11,7 @@ wires them to the asyncio shell.  docs/security.md describes the threat model an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import os
@@ -46,6 +47,9 @@ FD_RESERVE = 100
 #: clients each holding half of a 1 MiB payload would be 10 GiB; with this budget the server
 #: holds at most 256 MiB of them and refuses the client that would go past it (ERR 503).
 DEFAULT_MAX_BUFFERED = 256 << 20
+#: Seconds between looks (one stat()) at the auth file: a revoked token ends its connection this
+#: soon, without a SIGHUP and without waiting for another client's HELLO.
+AUTH_WATCH_EVERY = 1.0
 
 
 class SecurityConfigError(ValueError):
@@ -235,6 +239,8 @@ class Guard:
         #: the admin's protocol-error counts add them.
         self.dropped_429 = 0
         self._prepared = False
+        #: The (mtime, size, inode) of an auth file that failed to load, reported once.
+        self._bad_stamp: tuple[int, int, int] | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -252,6 +258,8 @@ class Guard:
         if cfg.auth_file is not None:
             self.auth = AuthFile(cfg.auth_file)
             self.auth.load()
+            with contextlib.suppress(RuntimeError):  # no running loop: HELLO and SIGHUP still reload
+                asyncio.get_running_loop().call_later(AUTH_WATCH_EVERY, self._watch_auth)
         self.open_files = raise_open_file_limit()
         fit = max(1, self.open_files[0] - FD_RESERVE)
         if cfg.max_clients is None or cfg.max_clients == 0:
@@ -280,6 +288,32 @@ class Guard:
             return
         self.server._emit(Warning_(f"auth file {self.auth.path} reloaded: {n} ids",
                                    {"audit": "auth-reloaded", "ids": n}))
+        self._drop_revoked()
+
+    def _watch_auth(self) -> None:
+        if self.server._closing:
+            return
+        self.refresh_auth()
+        asyncio.get_running_loop().call_later(AUTH_WATCH_EVERY, self._watch_auth)
+
+    def refresh_auth(self) -> None:
+        """Reload the auth file if it changed on disk (one stat()), and close the connections of
+        ids it no longer holds.  A bad file is logged once; the tokens loaded before stay."""
+        auth = self.auth
+        if auth is None or not auth.changed():
+            return
+        stamp = auth._stat()
+        if stamp is not None and stamp == self._bad_stamp:
+            return
+        try:
+            n = auth.load()
+        except AuthFileError as e:
+            self._bad_stamp = stamp
+            self.server._emit(Warning_(f"{e}; the tokens loaded before stay in force",
+                                       {"audit": "auth-reload-failed"}))
+            return
+        self._bad_stamp = None
+        self.server._emit(Warning_(f"auth file {auth.path} changed: {n} ids", {"audit": "auth-reloaded", "ids": n}))
         self._drop_revoked()
 
     def _drop_revoked(self) -> None:
@@ -392,14 +426,7 @@ class Guard:
             if hello.id not in ids:
                 why = "client certificate is not for this id"
         if why is None and self.auth is not None:
-            try:
-                n = self.auth.refresh()
-                if n is not None:
-                    srv._emit(Warning_(f"auth file {self.auth.path} changed: {n} ids",
-                                       {"audit": "auth-reloaded", "ids": n}))
-                    self._drop_revoked()
-            except AuthFileError as e:
-                srv._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"}))
+            self.refresh_auth()
             why = self.auth.verify(hello.id, hello.token)
         if why is None:
             return True
