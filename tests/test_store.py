@@ -113,18 +113,45 @@ async def test_history_records_connections_and_timeouts(start_server: Any, tmp_p
 
 async def test_takeover_commits_old_messages_before_new_ok(start_server: Any, tmp_path: Path) -> None:
     db = tmp_path / "k.db"
-    srv = await start_server(store=SQLiteStore(str(db)))
+    # A slow writer: when the new HELLO comes, the old connection's messages are not committed
+    # yet, so only waiting for them (PROTOCOL.md, "Identity and takeover") gives acked 300.
+    srv = await start_server(store=SlowStore(str(db)))
     old = await RawClient.open(srv.port)
     await old.hello("twin", session="s")
     await old.send(msgs(1, 300))
     await wait_for(lambda: srv.client("twin") is not None and srv.client("twin").high == 300)
+    assert srv.store._high.get(("twin", "s"), 0) < 300  # really not committed yet
     new = await RawClient.open(srv.port)
     ok = await new.hello("twin", session="s")
     # Everything the server had received from the old connection is covered by the new OK.
     assert ok["acked"] == 300
     assert stored(db, "twin", "s") == list(range(1, 301))
+    assert await old.expect(b"BYE") == b"BYE replaced"
     old.close()
     new.close()
+
+
+async def test_resend_of_messages_still_in_flight_is_stored_once(start_server: Any, tmp_path: Path) -> None:
+    # A client whose connection dropped signs in again before the server has committed what it
+    # sent on the old one: acked is lower than what will be stored, the client sends those
+    # messages again on the new connection, and the writer must not store them twice.
+    db = tmp_path / "d.db"
+    srv = await start_server(store=SlowStore(str(db)))
+    first = await RawClient.open(srv.port)
+    await first.hello("again", session="s")
+    await first.send(msgs(1, 50))
+    await wait_for(lambda: srv.client("again") is not None and srv.client("again").high == 50)
+    first.close()
+    await wait_for(lambda: srv.client("again") is None)
+    second = await RawClient.open(srv.port)
+    acked = (await second.hello("again", session="s"))["acked"]
+    assert acked < 50  # the first connection's messages were still in flight
+    await second.send(msgs(acked + 1, 55))
+    ack = 0
+    while ack < 55:
+        ack = int((await second.expect(b"ACK", timeout=10))[4:])
+    second.close()
+    assert stored(db, "again", "s") == list(range(1, 56))
 
 
 async def test_foreign_and_newer_databases_are_refused(tmp_path: Path) -> None:
@@ -215,6 +242,37 @@ async def test_locked_database_stops_acks_then_recovers(start_server: Any, tmp_p
         if locker.poll() is None:
             locker.kill()
             locker.wait(10)
+
+
+async def test_numbered_message_while_failing_gets_503_not_ack(start_server: Any, tmp_path: Path) -> None:
+    # A numbered sender with nothing unacknowledged stays connected when the store fails (its
+    # heartbeats are unaffected); its next numbered MSG is answered ERR 503, never ACK.
+    db = tmp_path / "idle.db"
+    srv = await start_server(store=SQLiteStore(str(db), busy_timeout=0.2, retry_every=0.05))
+    idle = await RawClient.open(srv.port)
+    await idle.hello("idle", session="s")
+    await idle.send(b"MSG 1 1\na\n")
+    assert await idle.expect(b"ACK") == b"ACK 1"
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        other = await RawClient.open(srv.port)  # its connection record is a write that fails
+        await wait_for(lambda: srv.store.failing)
+        await idle.send(b"HEARTBEAT\n")
+        await asyncio.sleep(20 * MS)
+        assert srv.client("idle") is not None
+        await idle.send(b"MSG 1 2\nb\n")
+        lines = await idle.lines_until_eof(timeout=10)
+        assert lines and lines[-1].startswith(b"ERR 503"), lines
+        assert not any(ln.startswith(b"ACK") for ln in lines), lines
+        other.close()
+    finally:
+        if locker.poll() is None:
+            locker.kill()
+            locker.wait(10)
+    await wait_for(lambda: not srv.store.failing)
+    assert stored(db, "idle", "s") == [1]
 
 
 async def test_full_disk_stops_acks_then_recovers(start_server: Any, tmp_path: Path) -> None:
