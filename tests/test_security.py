@@ -454,6 +454,27 @@ def test_openssl_s_client_talks_to_the_server(pki: dict[str, Any], server_proces
     assert proc.terminate() == 0
 
 
+def test_connect_refusals_name_the_fix(pki: dict[str, Any], tokens: Any, server_process: Any) -> None:
+    """`tcpulse connect`: a wrong token, and a plain connection to a TLS server, each end in one
+    line that says what to do."""
+    env = {**os.environ, "LANG": "C"}
+    env.pop("TCPULSE_TOKEN", None)
+    auth = server_process("--auth-file", tokens[0])
+    r = subprocess.run(tcpulse_cmd("connect", "--port", str(auth.port), "--id", "sensor-1", "--token", "nope",
+                                   "--no-reconnect"), capture_output=True, text=True, timeout=60, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "ERR 401" in r.stderr and "--token" in r.stderr and "Traceback" not in r.stderr
+    crt, key = pki["good"]
+    tls = server_process("--tls-cert", crt, "--tls-key", key, "--heartbeat-interval", "0.2",
+                         "--heartbeat-timeout", "0.5")
+    r = subprocess.run(tcpulse_cmd("connect", "--port", str(tls.port), "--id", "plain", "--no-reconnect"),
+                       capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "add --tls" in r.stderr
+    assert auth.terminate() == 0 and tls.terminate() == 0
+
+
 # ------------------------------------------------------------------------------ admin endpoint
 
 

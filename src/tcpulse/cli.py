@@ -441,10 +441,12 @@ async def _connect(opts: ConnectOptions) -> int:
         await client.start()
     except ConnectError as e:
         _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
-        from .cli_token import tls_hint
-        fail(str(e) + (tls_hint(str(e)) if opts.ssl_context is not None else ""))
+        from .cli_token import plain_hint, tls_hint
+        fail(str(e) + (tls_hint(str(e)) if opts.ssl_context is not None else plain_hint(str(e))))
     except ServerError as e:
-        fail(_("the server refused the connection: ERR {code} {text}").format(code=e.code, text=e.text))
+        hint = _(" (give this id's token with --token or TCPULSE_TOKEN; with mutual TLS, a client certificate "
+                 "for this id with --tls-cert and --tls-key)") if e.code == 401 else ""
+        fail(_("the server refused the connection: ERR {code} {text}").format(code=e.code, text=e.text) + hint)
     if not opts.seed_demo:
         with contextlib.suppress(Exception):
             rtt = await asyncio.wait_for(client.ping(), 5)

@@ -158,6 +158,13 @@ def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key
         fail(str(e), 2)
 
 
+def plain_hint(message: str) -> str:
+    """A fix to add when a connection without TLS got no INFO: a TLS server says nothing first."""
+    if "handshake" in message:
+        return " (if the server uses TLS, add --tls)"
+    return ""
+
+
 def tls_hint(message: str) -> str:
     """A fix to add to a failed TLS connection's error line."""
     if "CERTIFICATE_VERIFY_FAILED" in message or "certificate verify failed" in message.lower() \
