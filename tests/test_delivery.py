@@ -192,3 +192,26 @@ def test_client_killed_with_unacked_messages_delivers_them_after_restart(
     r = subprocess.run(tcpulse_cmd("connect", "--port", port, "--id", "other", "--outbox", str(box)),
                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "belongs to client id boxed" in r.stderr
+
+
+@pytest.mark.slow
+def test_exit_with_unacknowledged_messages_says_so(server_process: Any, clients: Any, tmp_path: Path) -> None:
+    # `exit` waits for the server's ACKs; when they do not come (a frozen server), it says what
+    # is left and where it is kept, and exits non-zero instead of pretending all went well.
+    srv = server_process("-q", "--db", str(tmp_path / "srv.db"))
+    box = tmp_path / "left.outbox"
+    c = clients("127.0.0.1", "--port", str(srv.port), "--id", "leaver", "--outbox", str(box))
+    c.send_lines(["first"])
+    wait_until(lambda: len(stored(tmp_path / "srv.db", "leaver")) == 1, what="first stored")
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        c.send_lines(["second", "third", "exit"])
+        rc = c.proc.wait(30)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    out = "\n".join(c.out)
+    assert rc == 1, out
+    assert f"2 message(s) not acknowledged yet are kept in {box}" in out, out
+    con = sqlite3.connect(box)
+    assert [r[0] for r in con.execute("SELECT payload FROM pending ORDER BY seq")] == [b"second", b"third"]
+    con.close()
