@@ -104,6 +104,20 @@ def test_recovered_suspect_is_judged_by_its_new_deadlines() -> None:
     assert [v.state for v in t.poll(12.0)] == [State.DEAD]
 
 
+def test_hello_accepted_while_suspect_makes_the_client_alive_again() -> None:
+    # HELLO counts as hearing from the client: a suspect whose HELLO is accepted late (slow auth
+    # or store) is alive, turns suspect again 1.5 new intervals later, and its next frame is not
+    # a "recovery".
+    t: Tracker[str] = Tracker()
+    t.add("a", 0.0, 5.0, 10.0)
+    assert [v.state for v in t.poll(7.5)] == [State.SUSPECT]
+    t.set_interval("a", 8.0, 1.0, 2.0)
+    assert t.state("a") is State.ALIVE
+    assert [(v.state, v.due) for v in t.poll(9.5)] == [(State.SUSPECT, 9.5)]
+    assert t.touch("a", 9.6) is True  # a real recovery now
+    assert t.touch("a", 9.7) is False
+
+
 def test_phi_running_sums_match_a_recomputation() -> None:
     rng = random.Random(3)
     st = PhiSettings(window=50)

@@ -263,6 +263,9 @@ class Tracker(Generic[K]):
         e.interval = interval
         e.timeout = timeout
         e.last = now
+        # Heard from now: a client that turned suspect while its HELLO was being accepted is
+        # alive again (else its next frame would report a recovery, and no new suspicion).
+        e.state = State.ALIVE
         # The new deadline may be earlier than the queued entry: queue it (the old one goes
         # stale and is skipped when it comes due).
         self._push(key, e)
