@@ -472,7 +472,13 @@ def test_connect_refusals_name_the_fix(pki: dict[str, Any], tokens: Any, server_
                        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "add --tls" in r.stderr
-    assert auth.terminate() == 0 and tls.terminate() == 0
+    mtls = server_process("--tls-cert", crt, "--tls-key", key, "--tls-client-ca", pki["client_ca_pem"])
+    r = subprocess.run(tcpulse_cmd("connect", "localhost", "--port", str(mtls.port), "--tls", "--ca", pki["ca_pem"],
+                                   "--id", "sensor-7", "--no-reconnect"),
+                       capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "client certificate" in r.stderr and "--tls-cert" in r.stderr
+    assert auth.terminate() == 0 and tls.terminate() == 0 and mtls.terminate() == 0
 
 
 # ------------------------------------------------------------------------------ admin endpoint

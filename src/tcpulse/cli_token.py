@@ -173,4 +173,7 @@ def tls_hint(message: str) -> str:
                 "in it, and that it has not expired; --insecure skips the check, for testing only)")
     if "WRONG_VERSION_NUMBER" in message or "record layer failure" in message:
         return " (the server does not speak TLS here: drop --tls, or check the port)"
+    if "during the handshake" in message or "CERTIFICATE_REQUIRED" in message:
+        # With TLS 1.3 a server that requires a client certificate hangs up only after the handshake.
+        return " (if the server requires a client certificate, give it with --tls-cert and --tls-key)"
     return ""
