@@ -173,6 +173,7 @@ async def test_ping_flood_gets_429_then_closed(start_server: Any) -> None:
     rc = await RawClient.open(srv.port)
     await rc.hello("flooder")
     pongs = errs = 0
+    last_err = b""
     closed = False
     t0 = time.monotonic()
     # Keep flooding for a few seconds; the server must close us after the strikes.
@@ -194,10 +195,12 @@ async def test_ping_flood_gets_429_then_closed(start_server: Any) -> None:
                 pongs += 1
             elif ln.startswith(b"ERR 429"):
                 errs += 1
+                last_err = ln
         if with_exc:
             closed = True
     assert closed, "a client that keeps on flooding must be closed"
     assert errs >= 2  # one ERR 429 per offence, then the closing one
+    assert last_err == b"ERR 429 too many frames per second, closing"  # closed for flooding, not else
     assert pongs < 2000 * 3  # most PINGs were dropped, not answered
     rc.close()
     await assert_served(srv)
