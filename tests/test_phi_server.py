@@ -96,3 +96,45 @@ def test_serve_logs_phi_with_the_timeout(server_process) -> None:  # type: ignor
     assert ev["phi"] >= 8.0 - 1e-3
     assert 0.15 <= ev["silent_for"] < 2.0
     json.dumps(ev)
+
+
+def test_status_table_shows_phi_only_under_phi() -> None:
+    import io
+
+    from tcpulse.console import ConsoleLog
+    from tcpulse.events import Status
+    row = {"client": "a", "addr": "127.0.0.1:1", "connected_at": 0.0, "last_heard_ago": 1.2, "heartbeats": 3,
+           "messages": 0, "state": "suspect", "rtt": None}
+    for rich in (False, True):
+        out = io.StringIO()
+        ConsoleLog(out, rich_tables=rich)(Status([{**row, "phi": 4.26}]))
+        assert "phi" in out.getvalue() and "4.3" in out.getvalue(), out.getvalue()
+        out = io.StringIO()
+        ConsoleLog(out, rich_tables=rich)(Status([{**row, "phi": None}]))
+        assert "phi" not in out.getvalue()
+    out = io.StringIO()
+    ConsoleLog(out, json_format=True)(Status([{**row, "phi": 4.26}]))
+    assert json.loads(out.getvalue())["clients"][0]["phi"] == 4.26
+
+
+async def test_sqlite_store_records_phi_with_the_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from tcpulse.server import Server
+    from tcpulse.sqlite_store import SQLiteStore
+    db = tmp_path / "phi.db"
+    srv = Server(ServerConfig(port=0, status_every=0, heartbeat_interval=100 * MS, heartbeat_timeout=2.0,
+                              detector="phi", phi_acceptable_pause=0.0), store=SQLiteStore(str(db)))
+    await srv.start()
+    try:
+        c = await RawClient.open(srv.port)
+        await c.hello("x2")
+        assert await c.expect(b"BYE", timeout=5) == b"BYE heartbeat-timeout"
+        c.close()
+    finally:
+        await srv.close(grace=1)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT client_id, silent_for, phi FROM timeouts").fetchall()
+    assert len(rows) == 1
+    client, silent_for, phi = rows[0]
+    assert client == "x2" and silent_for < 2.0 and phi >= 8.0 - 1e-3
