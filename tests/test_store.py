@@ -190,7 +190,8 @@ con.execute("ROLLBACK")
 BIG = 5000
 
 
-async def _expect_503_then_recovery(srv: Any, db: Path, evs: list[ServerEvent], make_writable: Any) -> None:
+async def _expect_503_then_recovery(srv: Any, db: Path, evs: list[ServerEvent], make_writable: Any,
+                                    why: str) -> None:
     c = await RawClient.open(srv.port)
     await c.hello("sensor", session="s")
     await c.send(msgs(1, 5, BIG))
@@ -200,6 +201,7 @@ async def _expect_503_then_recovery(srv: Any, db: Path, evs: list[ServerEvent], 
     assert not any(ln.startswith(b"ACK") for ln in lines), lines
     warn = [e for e in evs if isinstance(e, Warning_)]
     assert warn and warn[0].fields["store"] == "failing" and "cannot write" in warn[0].text
+    assert why in warn[0].text  # the log says why (SQLite's own reason)
     # While failing, a numbered sender cannot even sign in: it is told to come back later.
     c2 = await RawClient.open(srv.port)
     await c2.info()
@@ -237,7 +239,7 @@ async def test_locked_database_stops_acks_then_recovers(start_server: Any, tmp_p
             locker.stdin.write("\n")
             locker.stdin.flush()
             locker.wait(10)
-        await _expect_503_then_recovery(srv, db, evs, release)
+        await _expect_503_then_recovery(srv, db, evs, release, "locked")
     finally:
         if locker.poll() is None:
             locker.kill()
@@ -301,7 +303,7 @@ async def test_full_disk_stops_acks_then_recovers(start_server: Any, tmp_path: P
         c.execute("DELETE FROM ballast")
         c.commit()
         c.close()
-    await _expect_503_then_recovery(srv, db, evs, free_space)
+    await _expect_503_then_recovery(srv, db, evs, free_space, "full")
 
 
 class SlowStore(SQLiteStore):
