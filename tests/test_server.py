@@ -339,3 +339,30 @@ async def test_text_log_escapes_control_characters(start_server: Any) -> None:
     assert "\\n[2025-01-01" in line and "\\x1b[31m" in line
     assert not any(ln.startswith("[2025-01-01") for ln in out.getvalue().splitlines())
     c.close()
+
+
+async def test_concurrent_hellos_with_one_id_leave_one_connection(start_server: Any) -> None:
+    # Two HELLOs with the same id whose store look-ups overlap: whichever is answered last must
+    # replace the other (PROTOCOL.md, "Identity and takeover"), never leave both connected.
+    from tcpulse.store import MemoryStore
+
+    class SlowAcked(MemoryStore):
+        async def acked(self, client_id: str, session: str) -> int:
+            await asyncio.sleep(0.2 if session == "first" else 0.05)
+            return await super().acked(client_id, session)
+
+    srv = await start_server(store=SlowAcked())
+    a = await RawClient.open(srv.port)
+    b = await RawClient.open(srv.port)
+    await a.info()
+    await b.info()
+    await a.send(b'HELLO {"id":"twin","session":"first"}\n')
+    await asyncio.sleep(0.01)
+    await b.send(b'HELLO {"id":"twin","session":"second"}\n')
+    assert (await b.line()).startswith(b"OK ")  # b is answered first (its look-up is quicker)
+    assert (await a.line()).startswith(b"OK ")  # then a, which replaces b
+    assert await b.expect(b"BYE") == b"BYE replaced"
+    await wait_for(lambda: len(srv.clients) == 1)
+    assert srv.clients[0].session == "first" and srv.client("twin") is srv.clients[0]
+    a.close()
+    b.close()

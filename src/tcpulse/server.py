@@ -749,17 +749,25 @@ class Server:
             return
         acked = 0
         try:
-            old = self._by_id.get(hello.id)
-            if old is not None and old is not c:
-                # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is closed,
-                # everything received from it is stored, and only then does the new one get OK.
-                replaced = True
-                old.say_bye("replaced", DisconnectReason.REPLACED)
-                await self._store.flush()
-            if c._closed:
-                return
-            if hello.session is not None:
-                acked = await self._store.acked(hello.id, hello.session)
+            while True:
+                old = self._by_id.get(hello.id)
+                if old is not None and old is not c:
+                    # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is
+                    # closed, everything received from it is stored, and only then does the new
+                    # one get OK.
+                    replaced = True
+                    old.say_bye("replaced", DisconnectReason.REPLACED)
+                    await self._store.flush()
+                if c._closed:
+                    return
+                if hello.session is not None:
+                    acked = await self._store.acked(hello.id, hello.session)
+                if c._closed:
+                    return
+                # Another connection may have signed in with this id while we waited on the
+                # store: replace it too, so that one id never has two live connections.
+                if self._by_id.get(hello.id) in (None, c):
+                    break
         except StoreUnavailable as e:
             c.fail(ErrorCode.UNAVAILABLE, f"store unavailable: try again later ({e})")
             return
