@@ -446,7 +446,9 @@ class SQLiteStore(Store):
                 ops.pop()
             try:
                 self._write(con, ops)
-            except sqlite3.Error as e:
+            except Exception as e:
+                # Not only sqlite3.Error: the writer must never die silently.  Any failure is
+                # reported, stops acknowledgements and is retried, like a full disk.
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("ROLLBACK")
                 if not self.failing:
