@@ -174,3 +174,16 @@ def table() -> str:
 
 if __name__ == "__main__":
     print(table())
+
+
+def test_phi_is_not_taught_by_message_bursts() -> None:
+    # A client that sends 200 messages a millisecond apart, then goes quiet and beats: its burst
+    # says nothing about how long it stays silent, and must not shrink its phi deadline.
+    from tcpulse.liveness import PhiDetector
+    det = PhiDetector(1.0)
+    before = det.dead_after(1.0, 10.0)
+    for _ in range(200):
+        det.on_heartbeat(0.001)
+    assert det.dead_after(1.0, 10.0) == before
+    det.on_heartbeat(1.0)
+    assert det.dead_after(1.0, 10.0) > 1.5

@@ -155,10 +155,14 @@ class PhiDetector(Detector):
     first-heartbeat estimate does.
     """
 
-    __slots__ = ("_count", "_gaps", "_next", "_sum", "_sumsq", "settings")
+    __slots__ = ("_count", "_gaps", "_min_gap", "_next", "_sum", "_sumsq", "settings")
 
     def __init__(self, interval: float, settings: PhiSettings | None = None) -> None:
         self.settings = settings or PhiSettings()
+        # Any frame is proof of life, but only the gaps of a client with nothing to say tell how
+        # long it stays silent: a burst of messages (gaps far below the interval) must not teach
+        # the detector to expect the next heartbeat within milliseconds.
+        self._min_gap = interval / 2
         self._gaps = array("d", bytes(8 * self.settings.window))
         self._next = 0
         self._count = 0
@@ -169,6 +173,8 @@ class PhiDetector(Detector):
         self.on_heartbeat(interval * 1.25)
 
     def on_heartbeat(self, gap: float) -> None:
+        if gap < self._min_gap:
+            return
         gaps = self._gaps
         i = self._next
         if self._count == len(gaps):
