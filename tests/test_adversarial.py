@@ -312,6 +312,26 @@ async def test_max_clients_gets_503_instead_of_info(start_server: Any) -> None:
         await rc.info()
     extra = await RawClient.open(srv.port)
     assert await extra.lines_until_eof() == [b"ERR 503 server full, try again later"]
+    # Refused sockets give their descriptor back quickly even if the client never closes, so a
+    # connection flood beyond --max-clients cannot exhaust the open-file limit with refusals.
+    import socket as _socket
+    refused = [_socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(20)]
+    loop = asyncio.get_running_loop()
+    for sock in refused:
+        sock.setblocking(False)
+        assert (await asyncio.wait_for(loop.sock_recv(sock, 100), 5)).startswith(b"ERR 503")
+    await asyncio.sleep(0.6)
+    resets = 0
+    for sock in refused:
+        # The server has closed its socket: what we send now is answered with a reset.
+        try:
+            sock.send(b"HEARTBEAT\n")
+            await asyncio.sleep(0.05)
+            sock.send(b"HEARTBEAT\n")
+        except (ConnectionResetError, BrokenPipeError):
+            resets += 1
+        sock.close()
+    assert resets == len(refused)
     extra.close()
     held[0].close()
     for _ in range(200):

@@ -51,6 +51,8 @@ __all__ = ["ClientInfo", "Server", "ServerConfig", "format_addr"]
 #: After an ERR or BYE the server shuts its sending side and discards input this long, so the
 #: last frame reaches the client instead of being destroyed by a reset (PROTOCOL.md, "Errors").
 LINGER = 2.0
+#: The same for a connection refused before it was served: long enough for the ERR to go out.
+REFUSED_LINGER = 0.25
 
 
 def format_addr(peer: Any) -> str:
@@ -446,7 +448,10 @@ class ClientInfo(asyncio.Protocol):
                 tr.write_eof()
             with contextlib.suppress(RuntimeError):
                 tr.resume_reading()
-            self._linger = self.server._loop.call_later(LINGER, tr.abort)
+            # A refused connection (full, auth timeout) lingers briefly: under a connection flood
+            # its descriptor must come back fast, or the refusals would exhaust the open-file limit.
+            wait = REFUSED_LINGER if reason is DisconnectReason.REFUSED else LINGER
+            self._linger = self.server._loop.call_later(wait, tr.abort)
         else:
             tr.close()
 
