@@ -276,6 +276,39 @@ async def test_sse_feed_pushes_snapshot_then_deltas(start_server: Any, admin_for
     await until(lambda: not admin.feed.subscribers)
 
 
+async def test_stalled_dashboard_is_cut_off_and_its_queue_freed() -> None:
+    # A browser that stops reading must not hold more than a bounded amount of the server's
+    # memory, counted in bytes (one message can be a megabyte with thousands of clients) and in
+    # messages; a large first message (the snapshot) still goes out.
+    from tcpulse._admin_feed import QUEUE_MAX, QUEUE_MAX_BYTES, Subscriber
+
+    big = Subscriber()
+    big.put(b"s" * (QUEUE_MAX_BYTES + 1))  # a snapshot larger than the cap: let through
+    assert not big.dropped and big.queue.qsize() == 1
+    assert await big.get(1.0) == b"s" * (QUEUE_MAX_BYTES + 1) and big.queued_bytes == 0
+
+    stalled = Subscriber()
+    chunk = b"x" * (1 << 20)
+    for _ in range(QUEUE_MAX_BYTES // len(chunk) + 5):
+        stalled.put(chunk)
+    assert stalled.dropped
+    assert stalled.queue.qsize() == 1 and stalled.queued_bytes == 0  # what it had not read: freed
+    assert await stalled.get(1.0) is None  # and its stream ends (the browser reconnects)
+    stalled.put(chunk)
+    assert stalled.queue.empty()
+
+    many = Subscriber()
+    for _ in range(QUEUE_MAX + 1):
+        many.put(b"data: {}\n\n")
+    assert many.dropped and await many.get(1.0) is None
+
+    reader = Subscriber()  # one that keeps reading is never cut off
+    for _ in range(QUEUE_MAX * 4):
+        reader.put(chunk)
+        assert await reader.get(1.0) == chunk
+    assert not reader.dropped and reader.queued_bytes == 0
+
+
 async def test_auth_hook_guards_all_but_healthz(start_server: Any, admin_for: Any) -> None:
     srv = await start_server()
     admin = await admin_for(srv, authorize=lambda req: req.headers.get("Authorization") == "Bearer s3cret")

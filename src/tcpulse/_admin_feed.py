@@ -46,6 +46,9 @@ HISTORY = 600
 #: Messages queued for one browser before it is cut off; its EventSource reconnects by itself
 #: and starts again from a fresh snapshot, so a stalled tab never grows the server's memory.
 QUEUE_MAX = 256
+#: Bytes queued for one browser before it is cut off (with thousands of clients one message can
+#: be a megabyte).  One message is always let through, so a large snapshot still goes out.
+QUEUE_MAX_BYTES = 8 << 20
 #: Deltas held between flushes before the feed gives up on deltas and resends snapshots.
 PENDING_MAX = 5000
 
@@ -82,19 +85,35 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 class Subscriber:
-    """One open dashboard.  Read `queue` until it yields None (cut off or shutting down)."""
+    """One open dashboard.  Read with `get()` until it yields None (cut off or shutting down)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.dropped = False
+        self.queued_bytes = 0
 
     def put(self, msg: bytes | None) -> None:
         if self.dropped:
             return
-        if msg is not None and self.queue.qsize() >= QUEUE_MAX:
+        if msg is not None and (self.queue.qsize() >= QUEUE_MAX or (
+                self.queue.qsize() and self.queued_bytes + len(msg) > QUEUE_MAX_BYTES)):
             self.dropped = True
+            # The reader may be stuck writing to a dead peer for minutes: free what it has not
+            # read now (it is of no use to it: a reconnect starts from a fresh snapshot).
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queued_bytes = 0
             msg = None
+        if msg is not None:
+            self.queued_bytes += len(msg)
         self.queue.put_nowait(msg)
+
+    async def get(self, timeout: float) -> bytes | None:
+        """The next message; TimeoutError when none comes within `timeout` seconds."""
+        msg = await asyncio.wait_for(self.queue.get(), timeout)
+        if msg is not None:
+            self.queued_bytes -= len(msg)
+        return msg
 
 
 class Feed:

@@ -274,7 +274,7 @@ class Admin:
             await resp.write(b"retry: 1000\n\n")
             while True:
                 try:
-                    msg = await asyncio.wait_for(sub.queue.get(), 15.0)
+                    msg = await sub.get(15.0)
                 except TimeoutError:
                     msg = b": keep-alive\n\n"
                 if msg is None:
