@@ -120,6 +120,10 @@ def test_admin_stops_with_the_server(server_process: Any) -> None:
     url = srv.wait_event("admin")["url"]
     r = run("status", "--admin", url, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["total"] == 0
+    # A proxy in the environment (nothing listens on it) is not used for a loopback endpoint.
+    proxy = f"http://127.0.0.1:{free_port()}"
+    r = run("status", "--admin", url, "--json", env={"http_proxy": proxy, "HTTP_PROXY": proxy, "no_proxy": ""})
+    assert r.returncode == 0 and json.loads(r.stdout)["total"] == 0, r.stderr
     assert srv.terminate() == 0
     r = run("status", "--admin", url)
     assert r.returncode == 1 and "cannot reach the admin API" in r.stderr

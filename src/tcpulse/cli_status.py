@@ -8,6 +8,7 @@ failure into one line (the admin extra missing, a port in use, a bad address).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -93,13 +94,24 @@ def base_url(spec: str) -> str:
     return f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}"
 
 
+def _opener(base: str) -> urllib.request.OpenerDirector:
+    """An HTTP client that goes straight to a loopback admin endpoint (the default), whatever
+    `http_proxy` says: a proxy cannot reach this machine's 127.0.0.1."""
+    host = urllib.parse.urlsplit(base).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
+
+
 def fetch(base: str, path: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
     """GET `base + path` as JSON.  Raises AdminError with a line fit for the user."""
     req = urllib.request.Request(base + path, headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _opener(base).open(req, timeout=timeout) as resp:
             body = resp.read()
     except urllib.error.HTTPError as e:
         if e.code == 401:
