@@ -198,3 +198,28 @@ def test_client_reports_dead_server_with_no_reconnect(tmp_path: Any) -> None:
     assert "no answer from the server" in out
     assert time.monotonic() - t0 < 7
     ls.close()
+
+
+def test_timeout_figures_are_finer_than_the_loop_clock(server_process: Any) -> None:
+    # `serve` runs on uvloop when installed, whose clock ticks in whole milliseconds; deadlines are
+    # kept on the monotonic clock, so silences and lateness are measured finer than that, and no
+    # client is ever judged before its deadline.
+    timeout = 200 * MS
+    srv = server_process("--heartbeat-interval", str(timeout / 2), "--heartbeat-timeout", str(timeout))
+
+    async def scenario() -> None:
+        cs = [await RawClient.open(srv.port) for _ in range(6)]
+        for i, c in enumerate(cs):
+            await c.hello(f"fine{i}")
+            await asyncio.sleep(0.0037)
+        for c in cs:
+            await c.expect(b"BYE")
+    asyncio.run(scenario())
+    figures = []
+    for _ in range(6):
+        ev = srv.wait_event("timeout")
+        assert ev["silent_for"] >= timeout
+        figures += [ev["silent_for"], ev["late_by"]]
+    micro = [round(f * 1e6) % 1000 for f in figures]
+    assert any(m not in (0, 999, 1) for m in micro), figures
+    srv.terminate()

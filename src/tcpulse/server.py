@@ -642,7 +642,9 @@ class Server:
     # ---------------------------------------------------------------- internals
 
     def _loop_time(self) -> float:
-        return self._loop.time()
+        # Deadlines are kept on the monotonic clock, not the loop's: uvloop's clock ticks in whole
+        # milliseconds, which would make every lateness and silence figure a whole millisecond.
+        return time.monotonic()
 
     def _emit(self, ev: ServerEvent) -> None:
         for cb in self._subscribers:
@@ -658,7 +660,7 @@ class Server:
             return
         if not self.guard.admit(c):
             return  # refused with ERR 503 (server full, or too many from this address)
-        now = self._loop.time()
+        now = self._loop_time()
         c.connected_mono = now
         self._open.add(c)
         self._clients.add(c)
@@ -789,7 +791,7 @@ class Server:
         if hello.session is not None:
             self._by_session[(hello.id, hello.session)] = c
         self._store.record_connection(ConnectionRecord(c.conn_id, c.id, c.addr, c.connected_at))
-        now = self._loop.time()
+        now = self._loop_time()
         self._tracker.set_interval(c, now, interval, timeout, self._detector(interval))
         self._arm()
         c.send_frame(Ok(id=hello.id, heartbeat_interval=interval, heartbeat_timeout=timeout, acked=acked))
@@ -813,12 +815,16 @@ class Server:
                 return
             self._timer.cancel()
         self._timer_when = due
-        self._timer = self._loop.call_at(due, self._on_timer)
+        self._timer = self._loop.call_later(max(0.0, due - self._loop_time()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        # Timers may fire a hair early (clock resolution): never judge before the due moment.
-        now = max(self._loop.time(), self._timer_when)
+        now = self._loop_time()
+        if now < self._timer_when:
+            # The loop's timer woke a hair early (its clock is coarser than ours): never judge a
+            # client before its due moment; wait out the rest.
+            self._timer = self._loop.call_later(self._timer_when - now, self._on_timer)
+            return
         dead = []
         for v in self._tracker.poll(now):
             c = v.key
