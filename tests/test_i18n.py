@@ -200,3 +200,42 @@ def test_interactive_prompt_in_chinese() -> None:
         assert f"已连接到服务器 127.0.0.1:{port}" in text
         assert "已断开与服务器的连接" in text
         os.kill(srv.pid, signal.SIGTERM)
+
+
+def _error_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The one `tcpulse: error:` line of a failed command (and nothing else on stderr)."""
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("tcpulse: error: "), r.stderr
+    return r.stderr.strip()
+
+
+def test_cli_errors_in_chinese(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        # Bound but not listening: nothing else gets the port, and a connection to it is refused.
+        held.bind(("127.0.0.1", 0))
+        closed = held.getsockname()[1]
+        r = subprocess.run(tcpulse_cmd("connect", "--lang", "zh", "--port", str(closed), "--id", "x",
+                                       "--no-reconnect"),
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert _error_line(r) == f"tcpulse: error: 到 127.0.0.1:{closed} 的连接被拒绝: 服务器是否在运行?"
+        assert f"无法连接到服务器 127.0.0.1:{closed}" in r.stdout
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(tcpulse_cmd("serve", "--lang", "zh", "--port", str(port), "--db", "none"),
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert _error_line(r) == (f"tcpulse: error: 127.0.0.1 上的端口 {port} 已被占用: 请停止另一个服务器, "
+                              "或用 --port 选择其他端口 (0 自动选择空闲端口)")
+
+    # A command without --lang follows a zh_* locale; --lang en still gives the English line.
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+    tokens = str(tmp_path / "tcpulse.tokens")
+    r = subprocess.run(tcpulse_cmd("token", "revoke", "nobody", "--auth-file", tokens),
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert _error_line(r) == (f"tcpulse: error: nobody 在 {tokens} 中没有令牌: "
+                              f"请查看 'tcpulse token list --auth-file {tokens}'")
+    r = subprocess.run(tcpulse_cmd("connect", "--lang", "en", "--port", str(closed), "--id", "x", "--no-reconnect",
+                                   "--tls-key", "k.pem"), capture_output=True, text=True, timeout=30, env=env)
+    assert _error_line(r) == "tcpulse: error: --tls-key needs --tls-cert (the client certificate it belongs to)"

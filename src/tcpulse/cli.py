@@ -45,7 +45,7 @@ def loop_runner(loop_kind: str = "auto") -> tuple[Callable[[Coroutine[Any, Any, 
             import uvloop
         except ImportError:
             if loop_kind == "uvloop":
-                fail("--loop uvloop: uvloop is not installed; pip install 'tcpulse[fast]' or use --loop asyncio")
+                fail(_("--loop uvloop: uvloop is not installed; pip install 'tcpulse[fast]' or use --loop asyncio"))
         else:
             return uvloop.run, "uvloop"
     return asyncio.run, "asyncio"
@@ -71,6 +71,7 @@ lang_option = click.option("--lang", default=None, metavar="en|zh",
 @click.version_option(__version__, prog_name="tcpulse")
 def main() -> None:
     """tcpulse: TCP messaging with heartbeat-based liveness detection."""
+    set_language(None)  # from the locale; commands with --lang choose again
 
 
 # --------------------------------------------------------------------------- serve
@@ -155,7 +156,7 @@ def serve(**opts: Any) -> None:
     """Run the server."""
     set_language(opts.pop("lang"))
     if opts["verbose"] and opts["quiet"]:
-        fail("-v and -q contradict each other: choose one")
+        fail(_("-v and -q contradict each other: choose one"))
     quiet, verbose = opts.pop("quiet"), opts["verbose"]
     grace = opts.pop("shutdown_grace")
     loop_kind = opts.pop("loop_kind")
@@ -194,13 +195,15 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         fail(str(e))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            fail(f"port {cfg.port} on {cfg.host} is already in use: stop the other server or "
-                 "choose another --port (0 picks a free one)")
+            fail(_("port {port} on {host} is already in use: stop the other server or "
+                   "choose another --port (0 picks a free one)").format(port=cfg.port, host=cfg.host))
         if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
-            fail(f"cannot listen on {cfg.host}: it is not an address of this machine (check --host)")
+            fail(_("cannot listen on {host}: it is not an address of this machine (check --host)").format(
+                host=cfg.host))
         if e.errno == errno.EACCES:
-            fail(f"not allowed to listen on port {cfg.port}: use a port above 1023")
-        fail(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
+            fail(_("not allowed to listen on port {port}: use a port above 1023").format(port=cfg.port))
+        fail(_("cannot listen on {host}:{port}: {error}").format(host=cfg.host, port=cfg.port,
+                                                                  error=e.strerror or e))
     # -- feature start: what runs beside the listening server (admin endpoint, ...) --
     serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
     if admin is not None:
@@ -263,7 +266,7 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
     set_language(lang)
     from ._events import ID_RE
     if client_id is not None and ID_RE.fullmatch(client_id) is None:
-        fail(f"--id {client_id!r} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -", 2)
+        fail(_("--id {id} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -").format(id=repr(client_id)), 2)
     opts = ConnectOptions(host, port, client_id, heartbeat_interval, seed_demo,
                           reconnect=not (no_reconnect or seed_demo), verbose=verbose)
     from .cli_token import connect_tls
@@ -424,8 +427,8 @@ async def _connect(opts: ConnectOptions) -> int:
         except OutboxError as e:
             fail(str(e))
         if client_id is not None and box.client_id not in (None, client_id):
-            fail(f"outbox {opts.outbox} belongs to client id {box.client_id}: use --id {box.client_id} "
-                 "or another --outbox")
+            fail(_("outbox {path} belongs to client id {id}: use --id {id} or another --outbox").format(
+                path=opts.outbox, id=box.client_id))
         client_id = client_id or box.client_id
         if box.pending():
             _say(_("Outbox {path}: {n} message(s) not acknowledged last time, sent again once connected").format(
@@ -442,7 +445,7 @@ async def _connect(opts: ConnectOptions) -> int:
     except ConnectError as e:
         _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
         from .cli_token import plain_hint, tls_hint
-        fail(str(e) + (tls_hint(str(e)) if opts.ssl_context is not None else plain_hint(str(e))))
+        fail(str(e) + (tls_hint(str(e), e.kind) if opts.ssl_context is not None else plain_hint(str(e), e.kind)))
     except ServerError as e:
         hint = _(" (give this id's token with --token or TCPULSE_TOKEN; with mutual TLS, a client certificate "
                  "for this id with --tls-cert and --tls-key)") if e.code == 401 else ""

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ._i18n import _
 from .bench_tool import HoldResult, IngestResult, Kind, SpawnedServer, hold, ingest
 from .cli import DEFAULT_PORT, fail, loop_runner, main
 
@@ -84,7 +85,7 @@ def _start(spawn: bool, server_args: tuple[str, ...], server_loop: str, host: st
         port = srv.wait_listening()
     except RuntimeError as e:
         srv.stop()
-        fail(f"--spawn: {e} (check the --server-arg values)")
+        fail(_("--spawn: {error} (check the --server-arg values)").format(error=e))
     return srv, port, srv.pid
 
 
@@ -107,8 +108,8 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _connect_hint(e: BaseException, host: str, port: int) -> str:
-    return (f"cannot reach a server at {host}:{port} ({e}): start one (tcpulse serve --db none -q) "
-            "or use --spawn")
+    return _("cannot reach a server at {host}:{port} ({error}): start one (tcpulse serve --db none -q) "
+             "or use --spawn").format(host=host, port=port, error=e)
 
 
 @bench.command("hold")
@@ -131,12 +132,12 @@ def hold_cmd(clients: int, interval: float, silent: int, server_timeout: float |
     """Hold N clients beating; silence M at once; report timeout lateness, false timeouts,
     and the server's CPU and memory."""
     if silent > clients:
-        fail("--silent cannot exceed --clients", 2)
+        fail(_("--silent cannot exceed --clients"), 2)
     k = Kind(kind)
     if k is Kind.SEED and server_timeout is None and silent:
-        fail("--kind seed: give the server's threshold with --server-timeout (it does not announce one)", 2)
+        fail(_("--kind seed: give the server's threshold with --server-timeout (it does not announce one)"), 2)
     if spawn and k is not Kind.TCPULSE:
-        fail("--spawn starts a tcpulse server; start the other server yourself and pass --port/--server-pid", 2)
+        fail(_("--spawn starts a tcpulse server; start the other server yourself and pass --port/--server-pid"), 2)
     base = ["--heartbeat-interval", repr(interval), "--heartbeat-timeout", repr(2 * interval),
             "--min-heartbeat-interval", repr(min(0.1, interval)), "--status-every", "0"]
     srv, port, pid = _start(spawn, server_args, server_loop, host, port, server_pid, base)
@@ -148,7 +149,7 @@ def hold_cmd(clients: int, interval: float, silent: int, server_timeout: float |
                 return hold(host, port, clients, interval, silent, kind=k, server_pid=pid,
                             server_timeout=server_timeout, settle=settle, measure=measure, progress=progress,
                             loop_name=loop_name)
-            res, _ = _run(go, loop_kind)
+            res, _loop = _run(go, loop_kind)
     except (OSError, ConnectionError) as e:
         fail(_connect_hint(e, host, port))
     finally:
@@ -196,9 +197,9 @@ def ingest_cmd(clients: int, messages: int, size: int, seq: bool, host: str, por
     to a PING barrier (or to the last ACK with --seq)."""
     k = Kind(kind)
     if seq and k is not Kind.TCPULSE:
-        fail("--seq needs a tcpulse server (numbered messages are acknowledged)", 2)
+        fail(_("--seq needs a tcpulse server (numbered messages are acknowledged)"), 2)
     if spawn and k is not Kind.TCPULSE:
-        fail("--spawn starts a tcpulse server; start the other server yourself and pass --port/--server-pid", 2)
+        fail(_("--spawn starts a tcpulse server; start the other server yourself and pass --port/--server-pid"), 2)
     srv, port, pid = _start(spawn, server_args, server_loop, host, port, server_pid, ["--status-every", "0"])
     try:
         with _progress(not as_json) as progress:
@@ -207,11 +208,11 @@ def ingest_cmd(clients: int, messages: int, size: int, seq: bool, host: str, por
             def go() -> Coroutine[Any, Any, IngestResult]:
                 return ingest(host, port, clients, messages, size, seq=seq, kind=k, server_pid=pid,
                               progress=progress, loop_name=loop_name)
-            res, _ = _run(go, loop_kind)
+            res, _loop = _run(go, loop_kind)
     except (OSError, ConnectionError) as e:
         fail(_connect_hint(e, host, port))
     except TimeoutError:
-        fail("the server stopped answering before the barrier (120 s): is it overloaded or stuck?")
+        fail(_("the server stopped answering before the barrier (120 s): is it overloaded or stuck?"))
     finally:
         if srv is not None:
             srv.stop()

@@ -56,10 +56,10 @@ def _open(db: str) -> sqlite3.Connection:
     except StoreOpenError as e:
         fail(str(e))
     if app != APPLICATION_ID:
-        fail(f"{db} is not a tcpulse database (give the --db that `tcpulse serve` used)")
+        fail(_("{path} is not a tcpulse database (give the --db that `tcpulse serve` used)").format(path=db))
     if ver > SCHEMA_VERSION:
-        fail(f"{db} has schema version {ver}, newer than this tcpulse understands ({SCHEMA_VERSION}): "
-             "upgrade tcpulse")
+        fail(_("{path} has schema version {version}, newer than this tcpulse understands ({known}): "
+               "upgrade tcpulse").format(path=db, version=ver, known=SCHEMA_VERSION))
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     return con

@@ -46,7 +46,8 @@ def token_add(client_id: str, auth_file: str, replace: bool) -> None:
         tok = AuthFile(auth_file).add(client_id, replace=replace)
     except (AuthFileError, OSError) as e:
         fail(str(e))
-    click.echo(f"Token for {client_id} (shown once; {auth_file} keeps only its SHA-256):", err=True)
+    click.echo(_("Token for {id} (shown once; {path} keeps only its SHA-256):").format(id=client_id, path=auth_file),
+               err=True)
     click.echo(tok)
 
 
@@ -61,7 +62,7 @@ def token_list(auth_file: str) -> None:
         fail(str(e))
     entries = af.entries()
     if not entries:
-        click.echo(f"No tokens in {auth_file}.")
+        click.echo(_("No tokens in {path}.").format(path=auth_file))
         return
     width = max(len(x.id) for x in entries)
     for x in entries:
@@ -79,8 +80,9 @@ def token_revoke(client_id: str, auth_file: str) -> None:
     except (AuthFileError, OSError) as e:
         fail(str(e))
     if not gone:
-        fail(f"{client_id} has no token in {auth_file}: see 'tcpulse token list --auth-file {auth_file}'")
-    click.echo(f"Revoked the token of {client_id}.")
+        fail(_("{id} has no token in {path}: see 'tcpulse token list --auth-file {path}'").format(
+            id=client_id, path=auth_file))
+    click.echo(_("Revoked the token of {id}.").format(id=client_id))
 
 
 # ------------------------------------------------------------------------------ serve
@@ -149,7 +151,7 @@ def admin_authorize(token: str | None) -> Any:
 def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key: str | None) -> Any:
     """The client's SSL context for `connect` (None without TLS); one clear line on a bad flag."""
     if key is not None and cert is None:
-        fail("--tls-key needs --tls-cert (the client certificate it belongs to)", 2)
+        fail(_("--tls-key needs --tls-cert (the client certificate it belongs to)"), 2)
     if not (tls or ca or insecure or cert):
         return None
     try:
@@ -158,22 +160,23 @@ def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key
         fail(str(e), 2)
 
 
-def plain_hint(message: str) -> str:
-    """A fix to add when a connection without TLS got no INFO: a TLS server says nothing first."""
-    if "handshake" in message:
-        return " (if the server uses TLS, add --tls)"
+def plain_hint(message: str, kind: str = "") -> str:
+    """A fix to add when a connection without TLS got no INFO: a TLS server says nothing first.
+    `kind` is the ConnectError's (the message may be in another language)."""
+    if kind.startswith("handshake"):
+        return _(" (if the server uses TLS, add --tls)")
     return ""
 
 
-def tls_hint(message: str) -> str:
-    """A fix to add to a failed TLS connection's error line."""
+def tls_hint(message: str, kind: str = "") -> str:
+    """A fix to add to a failed TLS connection's error line (`kind`: the ConnectError's)."""
     if "CERTIFICATE_VERIFY_FAILED" in message or "certificate verify failed" in message.lower() \
             or "Hostname mismatch" in message or "expired" in message:
-        return (" (check that --ca is the CA that signed the server's certificate, that HOST is a name "
-                "in it, and that it has not expired; --insecure skips the check, for testing only)")
+        return _(" (check that --ca is the CA that signed the server's certificate, that HOST is a name "
+                 "in it, and that it has not expired; --insecure skips the check, for testing only)")
     if "WRONG_VERSION_NUMBER" in message or "record layer failure" in message:
-        return " (the server does not speak TLS here: drop --tls, or check the port)"
-    if "during the handshake" in message or "CERTIFICATE_REQUIRED" in message:
+        return _(" (the server does not speak TLS here: drop --tls, or check the port)")
+    if kind == "handshake-lost" or "CERTIFICATE_REQUIRED" in message:
         # With TLS 1.3 a server that requires a client certificate hangs up only after the handshake.
-        return " (if the server requires a client certificate, give it with --tls-cert and --tls-key)"
+        return _(" (if the server requires a client certificate, give it with --tls-cert and --tls-key)")
     return ""

@@ -25,6 +25,7 @@ from typing import Any
 
 from ._connection import Connection, Role
 from ._events import Ack, Bye, Err, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from ._i18n import _
 from .backoff import Backoff, is_retryable
 from .liveness import Action, ClientLiveness, ScheduledBeats
 
@@ -42,7 +43,15 @@ def new_session() -> str:
 
 
 class ConnectError(Exception):
-    """The client could not connect (refused, unreachable, handshake failed)."""
+    """The client could not connect (refused, unreachable, handshake failed).
+
+    The message is in the language of `_i18n.set_language()`; `kind` says what failed whatever the
+    language: "refused", "tls", "timeout", "resolve", "os", "bad-frame", "handshake-timeout",
+    "handshake-lost", "bye", "replaced" (or "" when not given)."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ServerError(Exception):
@@ -297,18 +306,23 @@ class Client:
                 server_hostname=self.server_hostname if self.ssl_context else None,
                 local_addr=self.source_address, limit=1 << 21), self.connect_timeout)
         except ConnectionRefusedError as e:
-            raise ConnectError(f"connection to {self.host}:{self.port} refused: is the server running?") from e
+            raise ConnectError(_("connection to {host}:{port} refused: is the server running?").format(
+                host=self.host, port=self.port), "refused") from e
         except ssl.SSLError as e:
             why = e.reason or str(e)
             if getattr(e, "verify_message", None):  # which check failed: CA, name, expiry
                 why = f"{why}: {e.verify_message}"  # type: ignore[attr-defined]
-            raise ConnectError(f"TLS handshake with {self.host}:{self.port} failed: {why}") from e
+            raise ConnectError(_("TLS handshake with {host}:{port} failed: {why}").format(
+                host=self.host, port=self.port, why=why), "tls") from e
         except TimeoutError as e:
-            raise ConnectError(f"no answer from {self.host}:{self.port} within {self.connect_timeout:g} s") from e
+            raise ConnectError(_("no answer from {host}:{port} within {seconds:g} s").format(
+                host=self.host, port=self.port, seconds=self.connect_timeout), "timeout") from e
         except socket.gaierror as e:
-            raise ConnectError(f"cannot resolve host {self.host!r}: {e.strerror}") from e
+            raise ConnectError(_("cannot resolve host {host}: {error}").format(
+                host=repr(self.host), error=e.strerror), "resolve") from e
         except OSError as e:
-            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}") from e
+            raise ConnectError(_("cannot connect to {host}:{port}: {error}").format(
+                host=self.host, port=self.port, error=e.strerror or e), "os") from e
 
     async def _read_events(self, reader: asyncio.StreamReader) -> list[Any]:
         conn = self._conn
@@ -316,13 +330,13 @@ class Client:
         data = await reader.read(65536)
         if not data:
             conn.receive_eof()
-            raise EOFError("server closed the connection")
+            raise EOFError(_("server closed the connection"))
         evs = conn.receive_data(data)
         out = conn.data_to_send()  # PONGs to the server's PINGs
         if out and self._writer is not None:
             self._writer.write(out)
         if conn.error is not None:
-            raise ConnectError(f"server sent a bad frame: {conn.error.text}")
+            raise ConnectError(_("server sent a bad frame: {text}").format(text=conn.error.text), "bad-frame")
         return evs
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -337,7 +351,7 @@ class Client:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise ConnectError("the server did not complete the handshake in time")
+                    raise ConnectError(_("the server did not complete the handshake in time"), "handshake-timeout")
                 evs = pending or await asyncio.wait_for(self._read_events(reader), remaining)
                 pending = []
                 for i, ev in enumerate(evs):
@@ -357,11 +371,12 @@ class Client:
                         self._leftover = evs[i + 1:]
                         return
                     elif isinstance(ev, Bye):
-                        raise ConnectError(f"server said BYE {ev.reason or ''}".strip())
+                        raise ConnectError(_("server said BYE {reason}").format(reason=ev.reason or "").strip(), "bye")
         except TimeoutError as e:
-            raise ConnectError("the server did not complete the handshake in time") from e
+            raise ConnectError(_("the server did not complete the handshake in time"), "handshake-timeout") from e
         except (EOFError, ConnectionError, OSError) as e:
-            raise ConnectError(f"connection lost during the handshake: {e}") from e
+            raise ConnectError(_("connection lost during the handshake: {error}").format(error=e),
+                               "handshake-lost") from e
 
     def _after_ok(self, ok: Ok) -> None:
         loop = asyncio.get_running_loop()
@@ -521,11 +536,11 @@ class Client:
             elif isinstance(ev, Bye):
                 self._emit("bye", reason=ev.reason)
                 if ev.reason in ("shutdown", "heartbeat-timeout") and self.reconnect and not self._closing:
-                    raise EOFError(f"server said BYE {ev.reason}")
+                    raise EOFError(_("server said BYE {reason}").format(reason=ev.reason))
                 if ev.reason == "replaced":
-                    self.error = ConnectError("replaced by another connection with the same id")
+                    self.error = ConnectError(_("replaced by another connection with the same id"), "replaced")
                 else:
-                    self.error = EOFError(f"server said BYE {ev.reason or ''}".strip())
+                    self.error = EOFError(_("server said BYE {reason}").format(reason=ev.reason or "").strip())
                 self.connected.clear()
                 self._inbox.put_nowait(None)
                 return True

@@ -18,6 +18,7 @@ import os
 import sqlite3
 from collections import deque
 
+from ._i18n import _
 from .client import Outbox, new_session
 
 __all__ = ["OUTBOX_APPLICATION_ID", "OutboxError", "SQLiteOutbox"]
@@ -49,18 +50,18 @@ class SQLiteOutbox(Outbox):
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise OutboxError(f"outbox {path} is in use by another tcpulse client: stop it or choose "
-                              "another --outbox") from None
+            raise OutboxError(_("outbox {path} is in use by another tcpulse client: stop it or choose "
+                                "another --outbox").format(path=path)) from None
         except OSError as e:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
-            raise OutboxError(f"cannot open outbox {path}: {e.strerror or e}") from e
+            raise OutboxError(_("cannot open outbox {path}: {error}").format(path=path, error=e.strerror or e)) from e
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             app = self._db.execute("PRAGMA application_id").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app != OUTBOX_APPLICATION_ID and (app != 0 or tables):
-                raise OutboxError(f"{path} is not a tcpulse outbox: choose another --outbox")
+                raise OutboxError(_("{path} is not a tcpulse outbox: choose another --outbox").format(path=path))
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -74,7 +75,8 @@ class SQLiteOutbox(Outbox):
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             self._release()
-            raise OutboxError(f"cannot use {path} as an outbox: {e} (choose another --outbox)") from e
+            raise OutboxError(_("cannot use {path} as an outbox: {error} (choose another --outbox)").format(
+                path=path, error=e)) from e
         except OutboxError:
             self._release()
             raise
