@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -239,3 +240,34 @@ def test_cli_errors_in_chinese(tmp_path: Path) -> None:
     r = subprocess.run(tcpulse_cmd("connect", "--lang", "en", "--port", str(closed), "--id", "x", "--no-reconnect",
                                    "--tls-key", "k.pem"), capture_output=True, text=True, timeout=30, env=env)
     assert _error_line(r) == "tcpulse: error: --tls-key needs --tls-cert (the client certificate it belongs to)"
+
+
+def test_errors_raised_outside_the_cli_in_chinese(tmp_path: Path) -> None:
+    """Texts written in server.py, sqlite_store.py and cli_history.py and printed by `fail(str(e))`
+    are translated too: they are made after `set_language` ran."""
+    r = subprocess.run(tcpulse_cmd("serve", "--lang", "zh", "--heartbeat-interval", "5", "--heartbeat-timeout", "4"),
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert _error_line(r) == "tcpulse: error: --heartbeat-timeout 必须大于 --heartbeat-interval (实际为 4.0 <= 5.0)"
+
+    # An SQLite file some other program made: refused before listening, in one line.
+    foreign = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(foreign)) as con:
+        con.execute("CREATE TABLE notes (t TEXT)")
+    r = subprocess.run(tcpulse_cmd("serve", "--lang", "zh", "--port", "0", "--db", str(foreign)),
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert _error_line(r) == (f"tcpulse: error: {foreign} 不是 tcpulse 数据库: 请选择其他 --db "
+                              "(或用 --db none 不保存任何内容)")
+
+    # A bad --since under a zh_* locale: one line naming the accepted forms, no click usage lines,
+    # and before the database is looked at (there is none here).
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+    for cmd in ("history", "messages"):
+        r = subprocess.run(tcpulse_cmd(cmd, "--db", str(tmp_path / "none.db"), "--since", "yesterday"),
+                           capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 2
+        assert _error_line(r) == ("tcpulse: error: --since 'yesterday' 既不是时长 (30s, 10m, 2h, 7d) 也不是日期 "
+                                  "(2025-04-10 或 2025-04-10T15:30): 请给出其中一种")
+    r = subprocess.run(tcpulse_cmd("history", "--db", str(foreign), "--since", "yesterday"),
+                       capture_output=True, text=True, timeout=30, env={**env, "LANG": "C.UTF-8"})
+    assert _error_line(r) == ("tcpulse: error: --since 'yesterday' is neither a duration (30s, 10m, 2h, 7d) nor a date "
+                              "(2025-04-10 or 2025-04-10T15:30): give one of these")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ._events import ID_RE
+from ._i18n import _
 
 __all__ = ["AuthFile", "AuthFileError", "FailureDelay", "new_token", "token_digest"]
 
@@ -79,10 +80,10 @@ class AuthFile:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise AuthFileError(f"auth file {self.path} does not exist: create it with "
-                                f"'tcpulse token add ID --auth-file {self.path}'") from None
+            raise AuthFileError(_("auth file {path} does not exist: create it with "
+                                  "'tcpulse token add ID --auth-file {path}'").format(path=self.path)) from None
         except (OSError, UnicodeDecodeError) as e:
-            raise AuthFileError(f"cannot read auth file {self.path}: {e}") from None
+            raise AuthFileError(_("cannot read auth file {path}: {error}").format(path=self.path, error=e)) from None
         entries = parse(text, self.path)
         self._entries = entries
         self._digests = {e.id: bytes.fromhex(e.digest) for e in entries}
@@ -128,11 +129,12 @@ class AuthFile:
     def add(self, client_id: str, *, replace: bool = False) -> str:
         """Create a token for `client_id`, store its digest, and return the token (show it once)."""
         if ID_RE.fullmatch(client_id) is None:
-            raise AuthFileError(f"{client_id!r} is not a valid id: use 1-128 characters of A-Z a-z 0-9 . _ @ -")
+            raise AuthFileError(_("{id} is not a valid id: use 1-128 characters of A-Z a-z 0-9 . _ @ -").format(
+                id=repr(client_id)))
         entries = self._read_for_update()
         if any(e.id == client_id for e in entries) and not replace:
-            raise AuthFileError(f"{client_id} already has a token in {self.path}: "
-                                "revoke it first, or use --replace")
+            raise AuthFileError(_("{id} already has a token in {path}: revoke it first, or use --replace").format(
+                id=client_id, path=self.path))
         token = new_token()
         added = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         entries = [e for e in entries if e.id != client_id]
@@ -185,10 +187,11 @@ def parse(text: str, path: str = "<auth file>") -> list[Entry]:
             continue
         parts = line.split()
         if len(parts) not in (2, 3) or ID_RE.fullmatch(parts[0]) is None or _HEX64.fullmatch(parts[1]) is None:
-            raise AuthFileError(f"{path}, line {n}: expected 'ID SHA256-HEX [ADDED]'; "
-                                "fix the line or rewrite the file with 'tcpulse token add'")
+            raise AuthFileError(_("{path}, line {n}: expected 'ID SHA256-HEX [ADDED]'; "
+                                  "fix the line or rewrite the file with 'tcpulse token add'").format(path=path, n=n))
         if parts[0] in seen:
-            raise AuthFileError(f"{path}, line {n}: id {parts[0]} appears twice; remove one line")
+            raise AuthFileError(_("{path}, line {n}: id {id} appears twice; remove one line").format(
+                path=path, n=n, id=parts[0]))
         seen.add(parts[0])
         entries.append(Entry(parts[0], parts[1], parts[2] if len(parts) == 3 else ""))
     return entries

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._i18n import _, current_language
+
 __all__ = [
     "HoldResult",
     "IngestResult",
@@ -105,8 +107,9 @@ class SpawnedServer:
 
     def __init__(self, args: list[str], host: str = "127.0.0.1") -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="tcpulse-bench-", suffix=".log", delete=False)
+        # The same language as this process: its error line is quoted in ours (wait_listening).
         cmd = [sys.executable, "-m", "tcpulse", "serve", "--host", host, "--port", "0", "--db", "none",
-               "-q", "--log-format", "json", *args]
+               "-q", "--log-format", "json", "--lang", current_language(), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.port = 0
@@ -118,8 +121,9 @@ class SpawnedServer:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 # Its last line names the problem (click's usage lines come before it): one line.
-                last = (err.strip().splitlines() or ["no message"])[-1].strip()
-                raise RuntimeError(f"the server exited with {self.proc.returncode}: {last}")
+                last = (err.strip().splitlines() or ["no message"])[-1].strip().removeprefix("tcpulse: error: ")
+                raise RuntimeError(_("the server exited with {code}: {error}").format(
+                    code=self.proc.returncode, error=last))
             with open(self.log.name, "rb") as f:
                 for line in f:
                     with contextlib.suppress(ValueError):
@@ -128,7 +132,7 @@ class SpawnedServer:
                             self.port = int(ev["port"])
                             return self.port
             time.sleep(0.05)
-        raise RuntimeError(f"the server did not listen within {timeout:g} s")
+        raise RuntimeError(_("the server did not listen within {timeout:g} s").format(timeout=timeout))
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:

@@ -39,15 +39,16 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_since(text: str, now: float | None = None) -> float:
     """`30s`, `10m`, `2h`, `7d`, `1w` ago, or a local date/time such as `2025-04-10` or
-    `2025-04-10T15:30` (or with a UTC offset).  Returns seconds since the epoch."""
+    `2025-04-10T15:30` (or with a UTC offset).  Returns seconds since the epoch; raises ValueError
+    with the line to show (the commands pass it to `fail`, not to click's usage output)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if m:
         return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
     try:
         return datetime.fromisoformat(text.strip().replace(" ", "T")).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration (30s, 10m, 2h, 7d) nor a date "
-                                 "(2025-04-10 or 2025-04-10T15:30)") from None
+        raise ValueError(_("--since {value} is neither a duration (30s, 10m, 2h, 7d) nor a date "
+                           "(2025-04-10 or 2025-04-10T15:30): give one of these").format(value=repr(text))) from None
 
 
 def _open(db: str) -> sqlite3.Connection:
@@ -100,7 +101,10 @@ def _filters(client_id: str | None, since: str | None, at_col: str, client_col: 
         args.append(client_id)
     if since is not None:
         where.append(f"{at_col} >= ?")
-        args.append(parse_since(since))
+        try:
+            args.append(parse_since(since))
+        except ValueError as e:
+            fail(str(e), 2)
     return (" WHERE " + " AND ".join(where)) if where else "", args
 
 
@@ -122,8 +126,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
 @json_option
 def history(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List connections and how they ended (timeouts, reasons, durations)."""
+    where, args = _filters(client_id, since, "c.connected_at", "c.client_id")  # bad --since: before the db
     con = _open(db)
-    where, args = _filters(client_id, since, "c.connected_at", "c.client_id")
     rows = con.execute(
         "SELECT * FROM (SELECT c.id, c.client_id, c.addr, c.connected_at, c.ended_at, c.end_reason, "
         "c.detail, c.heartbeats, c.messages, c.rtt, t.silent_for, t.late_by, t.phi "
@@ -169,8 +173,8 @@ def history(db: str, client_id: str | None, since: str | None, limit: int, as_js
 @json_option
 def messages(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List stored messages (client, session, seq, when, payload)."""
+    where, args = _filters(client_id, since, "m.received_at", "s.client_id")  # bad --since: before the db
     con = _open(db)
-    where, args = _filters(client_id, since, "m.received_at", "s.client_id")
     rows = con.execute(
         "SELECT * FROM (SELECT m.id, s.client_id, s.session, m.seq, m.received_at, m.payload "
         f"FROM messages m JOIN sessions s ON s.id = m.session_id{where} "

@@ -62,20 +62,23 @@ class SecurityConfigError(ValueError):
 def validate_limits(cfg: ServerConfig) -> None:
     """Raise ValueError naming the bad security or limit setting (called by `ServerConfig.validate`)."""
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
+        raise ValueError(_("--tls-cert and --tls-key go together: give both, or neither"))
     if cfg.tls_client_ca is not None and cfg.tls_cert is None:
-        raise ValueError("--tls-client-ca needs TLS: add --tls-cert and --tls-key")
+        raise ValueError(_("--tls-client-ca needs TLS: add --tls-cert and --tls-key"))
     if not cfg.auth_timeout > 0:
-        raise ValueError(f"--auth-timeout must be greater than 0 (got {cfg.auth_timeout})")
+        raise ValueError(_("{option} must be greater than 0 (got {value})").format(option="--auth-timeout",
+                                                                                   value=cfg.auth_timeout))
     for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
                  "max_strikes", "max_buffered", "max_write_buffer"):
         v = getattr(cfg, name)
         if v is not None and v < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be 0 (off) or more (got {v})")
+            raise ValueError(_("{option} must be 0 (off) or more (got {value})").format(
+                option="--" + name.replace("_", "-"), value=v))
     wb = cfg.max_write_buffer
     if wb is not None and 0 < wb < cfg.max_payload + cfg.max_line + 64:
-        raise ValueError(f"--max-write-buffer {wb} cannot hold one message: make it at least "
-                         f"--max-payload + --max-line + 64 ({cfg.max_payload + cfg.max_line + 64})")
+        raise ValueError(_("--max-write-buffer {value} cannot hold one message: make it at least "
+                           "--max-payload + --max-line + 64 ({least})").format(
+            value=wb, least=cfg.max_payload + cfg.max_line + 64))
 
 
 def write_buffer_cap(cfg: ServerConfig) -> int:
@@ -111,20 +114,23 @@ def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl
     """TLS 1.2+ server context; with `client_ca`, clients must present a certificate it signed."""
     for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
         if path is not None and not os.path.isfile(path):
-            raise SecurityConfigError(f"{flag} {path}: no such file (give the PEM file's path)")
+            raise SecurityConfigError(_("{option} {path}: no such file (give the PEM file's path)").format(
+                option=flag, path=path))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as e:
-        raise SecurityConfigError(f"--tls-cert {cert} / --tls-key {key} cannot be used ({e}): give a PEM "
-                                  "certificate and the PEM private key that belongs to it") from None
+        raise SecurityConfigError(_("--tls-cert {cert} / --tls-key {key} cannot be used ({error}): give a PEM "
+                                    "certificate and the PEM private key that belongs to it").format(
+            cert=cert, key=key, error=e)) from None
     if client_ca is not None:
         try:
             ctx.load_verify_locations(cafile=client_ca)
         except (ssl.SSLError, OSError) as e:
-            raise SecurityConfigError(f"--tls-client-ca {client_ca} cannot be used ({e}): give a PEM file "
-                                      "of the CA certificates that sign client certificates") from None
+            raise SecurityConfigError(_("--tls-client-ca {path} cannot be used ({error}): give a PEM file "
+                                        "of the CA certificates that sign client certificates").format(
+                path=client_ca, error=e)) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -137,10 +143,11 @@ def client_ssl_context(ca: str | None = None, *, insecure: bool = False, cert: s
     try:
         ctx = ssl.create_default_context(cafile=ca)
     except FileNotFoundError:
-        raise SecurityConfigError(f"--ca {ca} does not exist: give the PEM file of the CA that "
-                                  "signed the server's certificate") from None
+        raise SecurityConfigError(_("--ca {path} does not exist: give the PEM file of the CA that "
+                                    "signed the server's certificate").format(path=ca)) from None
     except (ssl.SSLError, OSError) as e:
-        raise SecurityConfigError(f"--ca {ca} cannot be used ({e}): give a PEM CA certificate") from None
+        raise SecurityConfigError(_("--ca {path} cannot be used ({error}): give a PEM CA certificate").format(
+            path=ca, error=e)) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
         ctx.check_hostname = False
@@ -149,8 +156,9 @@ def client_ssl_context(ca: str | None = None, *, insecure: bool = False, cert: s
         try:
             ctx.load_cert_chain(cert, key)
         except (ssl.SSLError, OSError) as e:
-            raise SecurityConfigError(f"--tls-cert {cert} cannot be used ({e}): give a PEM certificate "
-                                      "and its key (--tls-key, unless the key is in the same file)") from None
+            raise SecurityConfigError(_("--tls-cert {path} cannot be used ({error}): give a PEM certificate "
+                                        "and its key (--tls-key, unless the key is in the same file)").format(
+                path=cert, error=e)) from None
     return ctx
 
 
@@ -187,8 +195,8 @@ def admin_bind_error(host: str, token: str | None) -> str | None:
             return None
     except ValueError:
         pass
-    return (f"--admin {host} is reachable from other machines: set a bearer token with --admin-token "
-            "(or TCPULSE_ADMIN_TOKEN), or listen on 127.0.0.1")
+    return _("--admin {host} is reachable from other machines: set a bearer token with --admin-token "
+             "(or TCPULSE_ADMIN_TOKEN), or listen on 127.0.0.1").format(host=host)
 
 
 def admin_token_ok(authorization: str | None, token: str | None) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 from . import __version__
 from ._connection import DEFAULT_MAX_LINE, DEFAULT_MAX_PAYLOAD, Connection, Role
 from ._events import Ack, Bye, Err, ErrorCode, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from ._i18n import _
 from .events import (
     Connected,
     Disconnected,
@@ -103,7 +104,7 @@ class ServerConfig:
         if self.detector == "fixed":
             return None
         if self.detector != "phi":
-            raise ValueError(f"--detector must be fixed or phi (got {self.detector!r})")
+            raise ValueError(_("--detector must be fixed or phi (got {value})").format(value=repr(self.detector)))
         return PhiSettings(threshold=self.phi_threshold, min_std=self.phi_min_std,
                            acceptable_pause=self.phi_acceptable_pause, window=self.phi_window)
 
@@ -112,21 +113,23 @@ class ServerConfig:
         def pos(name: str) -> None:
             v = getattr(self, name)
             if not v > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be greater than 0 (got {v})")
+                raise ValueError(_("{option} must be greater than 0 (got {value})").format(
+                    option="--" + name.replace("_", "-"), value=v))
         for name in ("heartbeat_interval", "heartbeat_timeout", "min_heartbeat_interval",
                      "max_heartbeat_interval", "max_line", "max_payload"):
             pos(name)
         if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError("--heartbeat-timeout must be longer than --heartbeat-interval "
-                             f"(got {self.heartbeat_timeout} <= {self.heartbeat_interval})")
+            raise ValueError(_("--heartbeat-timeout must be longer than --heartbeat-interval "
+                               "(got {timeout} <= {interval})").format(timeout=self.heartbeat_timeout,
+                                                                       interval=self.heartbeat_interval))
         if self.min_heartbeat_interval > self.max_heartbeat_interval:
-            raise ValueError("--min-heartbeat-interval must not exceed --max-heartbeat-interval")
+            raise ValueError(_("--min-heartbeat-interval must not exceed --max-heartbeat-interval"))
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be 0-65535 (got {self.port})")
+            raise ValueError(_("--port must be 0-65535 (got {port})").format(port=self.port))
         if self.status_every < 0:
-            raise ValueError("--status-every must be 0 (off) or a number of seconds")
+            raise ValueError(_("--status-every must be 0 (off) or a number of seconds"))
         if self.max_line < 64:
-            raise ValueError("--max-line must be at least 64 bytes (HELLO must fit)")
+            raise ValueError(_("--max-line must be at least 64 bytes (HELLO must fit)"))
         self.phi_settings()
         validate_limits(self)
 

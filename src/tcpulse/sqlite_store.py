@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._i18n import _
 from .store import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database"]
@@ -132,7 +133,8 @@ def check_database(path: str) -> tuple[int, int]:
     """Open `path` read-only and return `(application_id, user_version)`.  Raises StoreOpenError
     with a one-line explanation if it is missing or not an SQLite database."""
     if not os.path.exists(path):
-        raise StoreOpenError(f"database {path} does not exist: give the --db the server was started with")
+        raise StoreOpenError(_("database {path} does not exist: give the --db the server was started with").format(
+            path=path))
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -141,7 +143,8 @@ def check_database(path: str) -> tuple[int, int]:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise StoreOpenError(f"{path} is not an SQLite database ({e}): give a tcpulse --db file") from e
+        raise StoreOpenError(_("{path} is not an SQLite database ({error}): give a tcpulse --db file").format(
+            path=path, error=e)) from e
     return int(app), int(ver)
 
 
@@ -357,8 +360,8 @@ class SQLiteStore(Store):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreOpenError(f"{self.path} is in use by another tcpulse server: stop it or choose "
-                                 "another --db") from None
+            raise StoreOpenError(_("{path} is in use by another tcpulse server: stop it or choose "
+                                   "another --db").format(path=self.path)) from None
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -371,8 +374,8 @@ class SQLiteStore(Store):
         path = self.path
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise StoreOpenError(f"cannot create {path}: directory {parent} does not exist "
-                                 "(create it or choose another --db)")
+            raise StoreOpenError(_("cannot create {path}: directory {parent} does not exist "
+                                   "(create it or choose another --db)").format(path=path, parent=parent))
         self._lock()
         try:
             con = self._connect()
@@ -380,20 +383,22 @@ class SQLiteStore(Store):
             ver = con.execute("PRAGMA user_version").fetchone()[0]
             tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            raise StoreOpenError(f"cannot use {path} as the database: {e} "
-                                 "(choose another --db, or --db none to keep nothing)") from e
+            raise StoreOpenError(_("cannot use {path} as the database: {error} "
+                                   "(choose another --db, or --db none to keep nothing)").format(
+                path=path, error=e)) from e
         if app != APPLICATION_ID and (app != 0 or tables):
             con.close()
-            raise StoreOpenError(f"{path} is not a tcpulse database: choose another --db "
-                                 "(or --db none to keep nothing)")
+            raise StoreOpenError(_("{path} is not a tcpulse database: choose another --db "
+                                   "(or --db none to keep nothing)").format(path=path))
         if ver > SCHEMA_VERSION:
             con.close()
-            raise StoreOpenError(f"{path} has schema version {ver}, newer than this tcpulse "
-                                 f"understands ({SCHEMA_VERSION}): upgrade tcpulse or choose another --db")
+            raise StoreOpenError(_("{path} has schema version {version}, newer than this tcpulse "
+                                   "understands ({known}): upgrade tcpulse or choose another --db").format(
+                path=path, version=ver, known=SCHEMA_VERSION))
         try:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreOpenError(f"cannot switch {path} to WAL mode (got {mode})")
+                raise StoreOpenError(_("cannot switch {path} to WAL mode (got {mode})").format(path=path, mode=mode))
             # WAL + NORMAL: a commit survives a crash of the process (what the ACK promises
             # against kill -9); after a power cut the last transactions may roll back.
             con.execute("PRAGMA synchronous=NORMAL")
@@ -424,8 +429,9 @@ class SQLiteStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
             con.close()
-            raise StoreOpenError(f"cannot write {path}: {e} (is another program holding it? "
-                                 "choose another --db, or --db none to keep nothing)") from e
+            raise StoreOpenError(_("cannot write {path}: {error} (is another program holding it? "
+                                   "choose another --db, or --db none to keep nothing)").format(
+                path=path, error=e)) from e
         return con
 
     def _writer_loop(self, con: sqlite3.Connection) -> None:
