@@ -11,6 +11,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -118,22 +119,35 @@ limit_option = click.option("--limit", default=50, show_default=True, type=click
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 
 
+def query_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The options `history` and `messages` share: which database, which rows, which format."""
+    for option in (json_option, limit_option, since_option, client_option, db_option):
+        f = option(f)
+    return f
+
+
+def _query(db: str, client_id: str | None, since: str | None, limit: int, sql: str, at_col: str,
+           client_col: str) -> list[sqlite3.Row]:
+    """Run `sql` (with `{where}` where the filters go, and a final `LIMIT ?`) on the database."""
+    where, args = _filters(client_id, since, at_col, client_col)  # a bad --since: before the db
+    con = _open(db)
+    try:
+        return list(con.execute(sql.format(where=where), [*args, limit]).fetchall())
+    finally:
+        con.close()
+
+
 @main.command()
-@db_option
-@client_option
-@since_option
-@limit_option
-@json_option
+@query_options
 def history(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List connections and how they ended (timeouts, reasons, durations)."""
-    where, args = _filters(client_id, since, "c.connected_at", "c.client_id")  # bad --since: before the db
-    con = _open(db)
-    rows = con.execute(
+    rows = _query(
+        db, client_id, since, limit,
         "SELECT * FROM (SELECT c.id, c.client_id, c.addr, c.connected_at, c.ended_at, c.end_reason, "
         "c.detail, c.heartbeats, c.messages, c.rtt, t.silent_for, t.late_by, t.phi "
-        f"FROM connections c LEFT JOIN timeouts t ON t.connection_id = c.id{where} "
-        "ORDER BY c.connected_at DESC, c.id DESC LIMIT ?) ORDER BY connected_at, id", [*args, limit]).fetchall()
-    con.close()
+        "FROM connections c LEFT JOIN timeouts t ON t.connection_id = c.id{where} "
+        "ORDER BY c.connected_at DESC, c.id DESC LIMIT ?) ORDER BY connected_at, id",
+        "c.connected_at", "c.client_id")
     if as_json:
         for r in rows:
             obj: dict[str, Any] = {
@@ -166,20 +180,15 @@ def history(db: str, client_id: str | None, since: str | None, limit: int, as_js
 
 
 @main.command()
-@db_option
-@client_option
-@since_option
-@limit_option
-@json_option
+@query_options
 def messages(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List stored messages (client, session, seq, when, payload)."""
-    where, args = _filters(client_id, since, "m.received_at", "s.client_id")  # bad --since: before the db
-    con = _open(db)
-    rows = con.execute(
+    rows = _query(
+        db, client_id, since, limit,
         "SELECT * FROM (SELECT m.id, s.client_id, s.session, m.seq, m.received_at, m.payload "
-        f"FROM messages m JOIN sessions s ON s.id = m.session_id{where} "
-        "ORDER BY m.id DESC LIMIT ?) ORDER BY id", [*args, limit]).fetchall()
-    con.close()
+        "FROM messages m JOIN sessions s ON s.id = m.session_id{where} "
+        "ORDER BY m.id DESC LIMIT ?) ORDER BY id",
+        "m.received_at", "s.client_id")
     if as_json:
         for r in rows:
             payload: bytes = r["payload"]
