@@ -302,6 +302,67 @@ async def test_client_that_never_reads_is_closed_as_slow_consumer(start_server: 
     await assert_served(srv)
 
 
+async def test_deaf_clients_together_cannot_pass_the_queued_budget(start_server: Any) -> None:
+    # Each deaf client stays under its own cap (--max-write-buffer); together they pass the global
+    # budget (--max-queued), and the ones with the most unread are closed. A client that reads
+    # gets every broadcast.
+    budget = 1536 * 1024
+    srv = await start_server(max_payload=64 * 1024, max_write_buffer=8 << 20, max_queued=budget)
+    events: list[Any] = []
+    srv.subscribe(events.append)
+    deaf = []
+    for i in range(4):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", srv.port))
+        s.sendall(b'HELLO {"id":"deaf%d"}\n' % i)
+        deaf.append(s)
+    reader = await RawClient.open(srv.port)
+    await reader.hello("reader")
+    for _ in range(200):
+        if all(srv.client(f"deaf{i}") is not None for i in range(4)):
+            break
+        await asyncio.sleep(0.01)
+    payload = os.urandom(60 * 1024)
+    frame_len = len(b"MSG %d\n" % len(payload)) + len(payload) + 1
+    got = 0
+
+    async def read_all() -> None:
+        nonlocal got
+        while True:
+            chunk = await reader.reader.read(1 << 16)
+            if not chunk:
+                return
+            got += len(chunk)
+    task = asyncio.create_task(read_all())
+    sent = peak = 0
+    for _ in range(1000):  # at most ~60 MB to each client
+        srv.broadcast(payload)
+        sent += 1
+        peak = max(peak, srv.guard.queued_total)
+        await asyncio.sleep(0.001)
+        if sum(srv.client(f"deaf{i}") is None for i in range(4)) >= 3:
+            break
+    shed = [e for e in events if isinstance(e, Disconnected) and e.reason is DisconnectReason.SLOW_CONSUMER]
+    assert len(shed) >= 3, f"{sent} broadcasts, {len(shed)} closed, {srv.guard.queued_total} bytes queued"
+    assert all("--max-queued" in (e.detail or "") for e in shed), [e.detail for e in shed]
+    assert all(e.client.name.startswith("deaf") for e in shed)
+    assert peak <= budget
+    assert srv.guard.shed == len(shed)
+    # The reader was never taken for a slow consumer and receives everything sent.
+    assert srv.client("reader") is not None
+    for _ in range(500):
+        if got >= sent * frame_len:
+            break
+        await asyncio.sleep(0.01)
+    assert got >= sent * frame_len
+    task.cancel()
+    reader.close()
+    for s in deaf:
+        s.close()
+    await assert_served(srv)
+
+
 # ------------------------------------------------------------------------------ capacity
 
 

@@ -139,6 +139,9 @@ def main() -> None:
 @click.option("--max-write-buffer", default=None, type=click.IntRange(min=0),
               help="Bytes queued for a client that does not read before it is closed as a slow consumer "
                    "[default: 2 x (max payload + max line), at least 1 MiB].")
+@click.option("--max-queued", default=256 << 20, show_default=True, type=click.IntRange(min=0),
+              help="Bytes queued for all clients together; past it the clients with the most unread are "
+                   "closed as slow consumers (0 = off).")
 # -- scale and detection --
 @click.option("--detector", type=click.Choice(["fixed", "phi"]), default="fixed", show_default=True,
               help="fixed: dead at the timeout. phi: phi accrual from each client's own beat history, dead when "

@@ -47,6 +47,10 @@ FD_RESERVE = 100
 #: clients each holding half of a 1 MiB payload would be 10 GiB; with this budget the server
 #: holds at most 256 MiB of them and refuses the client that would go past it (ERR 503).
 DEFAULT_MAX_BUFFERED = 256 << 20
+#: Default global budget for bytes queued to clients (not yet taken by their sockets), across
+#: all connections.  The per-connection cap alone would let 20,000 clients that do not read pin
+#: 20,000 x 2 MiB = 40 GiB; past this budget the client with the most queued is closed.
+DEFAULT_MAX_QUEUED = 256 << 20
 #: Seconds between looks (one stat()) at the auth file: a revoked token ends its connection this
 #: soon, without a SIGHUP and without waiting for another client's HELLO.
 AUTH_WATCH_EVERY = 1.0
@@ -69,7 +73,7 @@ def validate_limits(cfg: ServerConfig) -> None:
         raise ValueError(_("{option} must be greater than 0 (got {value})").format(option="--auth-timeout",
                                                                                    value=cfg.auth_timeout))
     for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
-                 "max_strikes", "max_buffered", "max_write_buffer"):
+                 "max_strikes", "max_buffered", "max_write_buffer", "max_queued"):
         v = getattr(cfg, name)
         if v is not None and v < 0:
             raise ValueError(_("{option} must be 0 (off) or more (got {value})").format(
@@ -223,6 +227,8 @@ class ConnLimits:
     host: str
     rate: FrameRate | None
     held: int = 0
+    #: Bytes queued for the client as last seen (its transport's write buffer).
+    queued: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
@@ -243,6 +249,13 @@ class Guard:
         self.open_files = (0, 0)
         self.write_buffer = write_buffer_cap(cfg)
         self.max_buffered = DEFAULT_MAX_BUFFERED if cfg.max_buffered is None else cfg.max_buffered
+        #: Bytes queued to clients across all connections, as last seen (see `queued()`).
+        self.queued_total = 0
+        self.max_queued = DEFAULT_MAX_QUEUED if cfg.max_queued is None else cfg.max_queued
+        #: Connections last seen with bytes queued.
+        self._queuing: set[ClientInfo] = set()
+        #: Clients closed because the global budget for queued bytes ran out.
+        self.shed = 0
         #: `ERR 429` sent for dropped frames (no event each: a flood would flood the log too);
         #: the admin's protocol-error counts add them.
         self.dropped_429 = 0
@@ -386,6 +399,8 @@ class Guard:
         else:
             self.per_addr.pop(sec.host, None)
         self.held_total -= sec.held
+        self.queued_total -= sec.queued
+        self._queuing.discard(c)
 
     def held(self, c: ClientInfo, now_held: int) -> None:
         """`c` now holds `now_held` bytes of partial frames.  Past the global budget, the client
@@ -399,6 +414,49 @@ class Guard:
         if grew > 0 and self.max_buffered and self.held_total > self.max_buffered:
             c.fail(ErrorCode.UNAVAILABLE, "server memory for partial frames is exhausted, send again later",
                    DisconnectReason.REFUSED)
+
+    def queued(self, c: ClientInfo, size: int) -> None:
+        """`c`'s transport holds `size` unsent bytes after a write.  Past the global budget, the
+        clients with the most queued are closed as slow consumers until the rest fits."""
+        sec = c.sec
+        if sec is None or size == sec.queued:
+            return
+        self.queued_total += size - sec.queued
+        sec.queued = size
+        if size:
+            self._queuing.add(c)
+        else:
+            self._queuing.discard(c)
+        if self.max_queued and self.queued_total > self.max_queued:
+            self._shed()
+
+    def _shed(self) -> None:
+        # Buffers drain without telling us, so the figures recorded at write time only ever
+        # overstate: look again at each connection that had bytes queued, then close the biggest
+        # until the rest fits.  O(connections with bytes queued), and only past the budget.
+        total = 0
+        for q in list(self._queuing):
+            qs = q.sec
+            tr = q.transport
+            n = tr.get_write_buffer_size() if tr is not None and qs is not None else 0
+            if qs is not None:
+                qs.queued = n
+            if n:
+                total += n
+            else:
+                self._queuing.discard(q)
+        self.queued_total = total
+        while self.queued_total > self.max_queued and self._queuing:
+            worst = max(self._queuing, key=lambda q: q.sec.queued if q.sec is not None else 0)
+            ws = worst.sec
+            n = ws.queued if ws is not None else 0
+            if ws is not None:
+                ws.queued = 0
+            self._queuing.discard(worst)
+            self.queued_total -= n
+            self.shed += 1
+            self.server._close_slow(worst, f"{n} bytes unread when the budget for bytes queued to all "
+                                           f"clients ran out (--max-queued)")
 
     def rate(self, c: ClientInfo, now: float, frames: int, pings: list[Any]) -> None:
         """A batch of `frames` control frames, with these `pings`: answer, drop, or close."""

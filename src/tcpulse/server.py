@@ -90,6 +90,7 @@ class ServerConfig:
     max_pings_per_sec: float = 1000.0
     max_strikes: int = 3
     max_buffered: int | None = None  # None: security.DEFAULT_MAX_BUFFERED
+    max_queued: int | None = None  # None: security.DEFAULT_MAX_QUEUED
     max_write_buffer: int | None = None  # None: 2 x (max_payload + max_line), at least 1 MiB
     #: "fixed": dead at the timeout; "phi": phi accrual, dead when phi passes the threshold or
     #: at the timeout, whichever is first, never before 1.5 intervals (docs/detection.md).
@@ -388,9 +389,15 @@ class ClientInfo(asyncio.Protocol):
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
+        tr = self.transport
+        if out and tr is not None and not tr.is_closing():
             self.bytes_out += len(out)
-            self.transport.write(out)
+            tr.write(out)
+            sec = self.sec
+            if sec is not None and self.server.guard.max_queued:
+                n = tr.get_write_buffer_size()
+                if n or sec.queued:
+                    self.server.guard.queued(self, n)
 
     def send_frame(self, event: Any) -> None:
         self.conn.send(event)
@@ -706,9 +713,11 @@ class Server:
 
     def _on_pause_writing(self, c: ClientInfo) -> None:
         # The client does not read what we send: never buffer for it without bound.
+        self._close_slow(c, f"more than {self.guard.write_buffer} bytes unread (--max-write-buffer)")
+
+    def _close_slow(self, c: ClientInfo, detail: str) -> None:
         c.reason = DisconnectReason.SLOW_CONSUMER
-        c._end(DisconnectReason.SLOW_CONSUMER,
-               f"more than {self.guard.write_buffer} bytes unread (--max-write-buffer)")
+        c._end(DisconnectReason.SLOW_CONSUMER, detail)
         if c.transport is not None:
             c.transport.abort()
 
