@@ -103,6 +103,20 @@ def test_missing_and_foreign_databases_give_one_line(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00garbage" * 512)
     r = run("history", "--db", str(junk))
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "not an SQLite database" in r.stderr
+    assert junk.read_bytes() == b"\x00garbage" * 512  # looked at, never written
+
+
+def test_reading_leaves_no_wal_files_behind(db: Path) -> None:
+    # The server has stopped; `history` and `messages` read the database and, as its last
+    # connection, fold the WAL back instead of leaving -wal and -shm files next to it.
+    before = db.read_bytes()
+    for cmd in ("history", "messages"):
+        r = run(cmd, "--db", str(db), "--json")
+        assert r.exit_code == 0, r.output
+        assert r.stdout.strip()
+        left = sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name + "-"))
+        assert left == [], left
+    assert db.read_bytes() == before
 
 
 def test_since_parsing() -> None:

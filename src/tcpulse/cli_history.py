@@ -21,7 +21,7 @@ from ._i18n import _
 from .cli import fail, main
 from .console import escape, iso_ts
 from .server import Server
-from .sqlite_store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, check_database
+from .sqlite_store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, check_database, open_reader
 from .store import StoreOpenError
 
 __all__ = ["attach_store", "history", "messages", "parse_since"]
@@ -62,7 +62,7 @@ def _open(db: str) -> sqlite3.Connection:
     if ver > SCHEMA_VERSION:
         fail(_("{path} has schema version {version}, newer than this tcpulse understands ({known}): "
                "upgrade tcpulse").format(path=db, version=ver, known=SCHEMA_VERSION))
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = open_reader(db)
     con.row_factory = sqlite3.Row
     return con
 

@@ -29,12 +29,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._i18n import _
 from .store import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database", "open_reader"]
 
 #: `PRAGMA application_id` of a tcpulse database ("tcpu"), so that a foreign file is recognised.
 APPLICATION_ID = 0x74637075
@@ -129,6 +130,20 @@ class _Flush:
         self.fut = fut
 
 
+def open_reader(path: str) -> sqlite3.Connection:
+    """A connection that only reads `path` (never creates it).  Opened read-write with
+    `query_only` where it can be, so that when it is the last connection to close, SQLite folds
+    the WAL back and removes the `-wal` and `-shm` files instead of leaving them behind; read-only
+    where the file cannot be written."""
+    uri = Path(path).resolve().as_uri()
+    try:
+        con = sqlite3.connect(uri + "?mode=rw", uri=True)
+        con.execute("PRAGMA query_only=ON")
+    except sqlite3.OperationalError:
+        con = sqlite3.connect(uri + "?mode=ro", uri=True)
+    return con
+
+
 def check_database(path: str) -> tuple[int, int]:
     """Open `path` read-only and return `(application_id, user_version)`.  Raises StoreOpenError
     with a one-line explanation if it is missing or not an SQLite database."""
@@ -136,7 +151,7 @@ def check_database(path: str) -> tuple[int, int]:
         raise StoreOpenError(_("database {path} does not exist: give the --db the server was started with").format(
             path=path))
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = open_reader(path)
         try:
             app = con.execute("PRAGMA application_id").fetchone()[0]
             ver = con.execute("PRAGMA user_version").fetchone()[0]
