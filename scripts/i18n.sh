@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Keep the Chinese catalog in step with the code (docs/admin-api.md, "Languages").
-#   scripts/i18n.sh update   extract every _("...") string of src/tcpulse and merge the new ones into
+#   scripts/i18n.sh update   extract every string shown (scripts/i18n_pot.py) and merge the new ones into
 #                            src/tcpulse/locale/zh/LC_MESSAGES/tcpulse.po (with an empty msgstr to fill in)
 #   scripts/i18n.sh check    list the strings that have no translation yet (exit 1 if any)
 #   scripts/i18n.sh compile  write the .mo next to the .po (every build and install does this by itself)
@@ -10,7 +10,8 @@ PY=.venv/bin/python
 PO=src/tcpulse/locale/zh/LC_MESSAGES/tcpulse.po
 POT=$(mktemp --suffix=.pot)
 trap 'rm -f "$POT"' EXIT
-extract() { .venv/bin/pybabel extract --no-location -k _ -w 100 -o "$POT" src/tcpulse >/dev/null 2>&1; }
+# Every string shown: the code's _() and ngettext(), the command line's help texts, click's own words.
+extract() { "$PY" scripts/i18n_pot.py "$POT"; }
 case "${1:-check}" in
   update)
     extract

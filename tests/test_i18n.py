@@ -46,10 +46,20 @@ def test_catalog_covers_server_and_status_text() -> None:
             assert zh.get(msgid), f"{name}: no zh translation for {msgid!r} (scripts/i18n.sh update)"
 
 
+def _fields(text: str) -> list[str]:
+    return sorted(re.findall(r"\{[^}]*\}|%\([a-z]+\)s", text))
+
+
 def test_translations_keep_every_placeholder() -> None:
     for msgid, msgstr in catalog().items():
         assert msgstr, f"empty translation of {msgid!r}"
-        assert sorted(re.findall(r"\{[^}]*\}", msgid)) == sorted(re.findall(r"\{[^}]*\}", msgstr)), msgid
+        if isinstance(msgid, tuple):
+            # Plural forms (click's): Chinese has one form, used for every count; it may use the
+            # fields of either English form, and nothing else.
+            assert len(msgstr) == 1 and msgstr[0], msgid
+            assert set(_fields(msgstr[0])) <= set(_fields(msgid[0]) + _fields(msgid[1])), msgid
+        else:
+            assert _fields(msgid) == _fields(msgstr), msgid
 
 
 def test_compiled_catalog_is_installed_and_chosen_by_locale(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,3 +281,49 @@ def test_errors_raised_outside_the_cli_in_chinese(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30, env={**env, "LANG": "C.UTF-8"})
     assert _error_line(r) == ("tcpulse: error: --since 'yesterday' is neither a duration (30s, 10m, 2h, 7d) nor a date "
                               "(2025-04-10 or 2025-04-10T15:30): give one of these")
+
+
+def test_every_help_text_is_translated() -> None:
+    # Each option's and command's --help text (scripts/i18n.sh adds new ones to the catalog).
+    from tcpulse._cli_i18n import help_texts
+    from tcpulse.cli import main
+    zh = catalog()
+    texts = help_texts(main)
+    assert len(texts) > 80  # every command and option: serve alone has dozens
+    missing = [t for t in texts if not zh.get(t)]
+    assert not missing, f"no zh translation (scripts/i18n.sh update): {missing}"
+
+
+def test_help_and_usage_errors_in_chinese_then_english_again() -> None:
+    from click.testing import CliRunner
+
+    from tcpulse.cli import main
+    env = {"LANG": "C.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+    r = CliRunner().invoke(main, ["serve", "--lang", "zh", "--help"], env=env, prog_name="tcpulse")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("用法: tcpulse serve")
+    assert "客户端静默多少秒后判定为失联。" in r.output and "[默认: 10.0]" in r.output
+    assert "显示此帮助并退出。" in r.output
+    # Click's own usage errors, before any other option is read.
+    r = CliRunner().invoke(main, ["serve", "--lang", "zh", "--port", "abc"], env=env, prog_name="tcpulse")
+    assert r.exit_code == 2
+    assert "错误: '--port' 的值无效: 'abc' 不是有效的" in r.output
+    assert "运行 'tcpulse serve --help' 查看帮助。" in r.output
+    r = CliRunner().invoke(main, ["--lang", "zh", "history", "--limit", "x"], env=env, prog_name="tcpulse")
+    assert r.exit_code == 2 and "'--limit' 的值无效" in r.output, r.output
+    # The next command, in the same process, is in the locale's language again.
+    r = CliRunner().invoke(main, ["serve", "--help"], env=env, prog_name="tcpulse")
+    assert r.output.startswith("Usage: tcpulse serve") and "Seconds of silence after which" in r.output
+    r = CliRunner().invoke(main, ["serve", "--port", "abc"], env=env, prog_name="tcpulse")
+    assert "Error: Invalid value for '--port'" in r.output
+
+
+def test_help_follows_a_zh_locale() -> None:
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+    r = subprocess.run(tcpulse_cmd("--help"), capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0
+    assert r.stdout.startswith("用法: ")
+    assert "serve     运行服务器。" in r.stdout
+    r = subprocess.run(tcpulse_cmd("--lang", "en", "connect", "--help"), capture_output=True, text=True,
+                       timeout=30, env=env)
+    assert r.stdout.startswith("Usage: ") and "Client id (default" in r.stdout

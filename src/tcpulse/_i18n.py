@@ -10,7 +10,7 @@ import gettext
 import os
 from pathlib import Path
 
-__all__ = ["_", "current_language", "set_language"]
+__all__ = ["_", "current_language", "ngettext", "set_language"]
 
 _LOCALE_DIR = Path(__file__).with_name("locale")
 _translation: gettext.NullTranslations = gettext.NullTranslations()
@@ -47,3 +47,7 @@ def current_language() -> str:
 
 def _(message: str) -> str:
     return _translation.gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    return _translation.ngettext(singular, plural, n)

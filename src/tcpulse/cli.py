@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from ._cli_i18n import localize, use_click_catalog
 from ._i18n import _, set_language
 from .backoff import is_retryable
 from .client import Client, ClientEvent, ConnectError, ServerError, default_id
@@ -63,15 +64,37 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
     return value
 
 
-lang_option = click.option("--lang", default=None, metavar="en|zh",
+def use_language(lang: str | None, root: click.Command | None = None) -> str:
+    """Choose the language of everything the command line prints (None: from the locale)."""
+    code = set_language(lang)
+    use_click_catalog()
+    localize(root if root is not None else main)
+    return code
+
+
+def _lang_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        use_language(value, ctx.find_root().command)
+    return value
+
+
+# Eager, so that it is in force before --help and before any other option's error: `tcpulse serve
+# --lang zh --help` and `tcpulse serve --lang zh --port x` answer in Chinese.
+lang_option = click.option("--lang", default=None, metavar="en|zh", is_eager=True, callback=_lang_callback,
                            help="Language of the output (default: from LANG; English otherwise).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        use_language(None, self)  # from the locale, before any help or error is printed
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tcpulse")
-def main() -> None:
+@lang_option
+def main(lang: str | None) -> None:
     """tcpulse: TCP messaging with heartbeat-based liveness detection."""
-    set_language(None)  # from the locale; commands with --lang choose again
 
 
 # --------------------------------------------------------------------------- serve
@@ -157,7 +180,7 @@ def main() -> None:
 @lang_option
 def serve(**opts: Any) -> None:
     """Run the server."""
-    set_language(opts.pop("lang"))
+    opts.pop("lang")  # in force already (_lang_callback)
     if opts["verbose"] and opts["quiet"]:
         fail(_("-v and -q contradict each other: choose one"))
     quiet, verbose = opts.pop("quiet"), opts["verbose"]
@@ -266,7 +289,6 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
             client_cert: str | None = None, client_key: str | None = None,
             server_name: str | None = None, outbox: str | None = None) -> None:
     """Connect to a server and send each line typed (or piped) as a message."""
-    set_language(lang)
     from ._events import ID_RE
     if client_id is not None and ID_RE.fullmatch(client_id) is None:
         fail(_("--id {id} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -").format(id=repr(client_id)), 2)

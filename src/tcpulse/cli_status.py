@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._i18n import _, set_language
+from ._i18n import _
 from .cli import fail, lang_option, main
 
 if TYPE_CHECKING:
@@ -199,7 +199,6 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
 def status(admin: str, as_json: bool, watch: bool, every: float, state: str | None, sort: str, limit: int,
            offset: int, token: str | None, lang: str | None) -> None:
     """Show the clients of a running server (from its admin endpoint)."""
-    set_language(lang)
     try:
         base = base_url(admin)
     except AdminError as e:
