@@ -11,8 +11,6 @@ import subprocess
 import time
 from typing import Any
 
-import pytest
-
 from .conftest import MS, RawClient, tcpulse_cmd
 
 
@@ -202,22 +200,10 @@ def test_client_reports_dead_server_with_no_reconnect(tmp_path: Any) -> None:
     ls.close()
 
 
-def _monotonic_step(samples: int = 40, limit: float = 1.0) -> float:
-    """The smallest step this machine's monotonic clock was seen to take (bounded in time)."""
-    steps: list[float] = []
-    t = start = time.monotonic()
-    while len(steps) < samples and t - start < limit:
-        n = time.monotonic()
-        if n != t:
-            steps.append(n - t)
-            t = n
-    return min(steps)
-
-
-def test_timeout_figures_are_finer_than_the_loop_clock(server_process: Any) -> None:
-    # `serve` runs on uvloop when installed, whose clock ticks in whole milliseconds; deadlines are
-    # kept on the monotonic clock, so silences and lateness are measured finer than that, and no
-    # client is ever judged before its deadline.
+def test_no_client_is_judged_before_its_deadline(server_process: Any) -> None:
+    # `serve` runs on uvloop when installed, whose timers can fire up to a millisecond early; the
+    # server waits out the rest, so no silence is ever reported shorter than the timeout.
+    # (That the figures are finer than uvloop's clock: tests/test_event_loop.py.)
     timeout = 200 * MS
     srv = server_process("--heartbeat-interval", str(timeout / 2), "--heartbeat-timeout", str(timeout))
 
@@ -229,17 +215,8 @@ def test_timeout_figures_are_finer_than_the_loop_clock(server_process: Any) -> N
         for c in cs:
             await c.expect(b"BYE")
     asyncio.run(scenario())
-    figures = []
     for _ in range(6):
         ev = srv.wait_event("timeout")
         assert ev["silent_for"] >= timeout
-        assert ev["late_by"] >= 0
-        figures += [ev["silent_for"], ev["late_by"]]
+        assert 0 <= ev["late_by"] < 1.0
     srv.terminate()
-    step = _monotonic_step()
-    if step >= 0.5 * MS:
-        # Some machines (a VM on a jiffies clocksource, say) tick their monotonic clock itself in
-        # milliseconds; there no program can see finer figures, and only the deadline check holds.
-        pytest.skip(f"this machine's monotonic clock ticks every {step * 1e3:.2f} ms")
-    micro = [round(f * 1e6) % 1000 for f in figures]
-    assert any(m not in (0, 999, 1) for m in micro), figures
