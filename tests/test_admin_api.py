@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -211,7 +212,47 @@ async def test_metrics_counters_move(start_server: Any, admin_for: Any) -> None:
     assert m2["tcpulse_rtt_seconds_count"] >= 1
     assert m2['tcpulse_protocol_errors_total{code="413"}'] == 1
     assert m2['tcpulse_clients{state="alive"}'] == 1  # m2 still beating
+    # How each connection ended: m1 hung up, m3 timed out, the bad one was closed with its ERR.
+    assert m2['tcpulse_disconnects_total{reason="eof"}'] == 1
+    assert m2['tcpulse_disconnects_total{reason="timeout"}'] == 1
+    assert m2['tcpulse_disconnects_total{reason="error"}'] == 1
+    assert (await get(admin, "/api/server"))["totals"]["disconnects"] == {"eof": 1, "error": 1, "timeout": 1}
     await lib.close()
+
+
+async def test_memory_held_for_clients_against_its_budgets(start_server: Any, admin_for: Any) -> None:
+    srv = await start_server(max_payload=64 * 1024, max_buffered=1 << 20, max_queued=32 << 20,
+                             max_write_buffer=8 << 20)
+    admin = await admin_for(srv)
+    mem = (await get(admin, "/api/server"))["memory"]
+    assert mem == {"buffered_bytes": 0, "max_buffered": 1 << 20, "queued_bytes": 0, "max_queued": 32 << 20,
+                   "slow_consumers_shed": 0}
+    # Half a message: its bytes are held until the rest comes.
+    half = await RawClient.open(srv.port)
+    await half.hello("half")
+    await half.send(b"MSG 1000\n" + b"x" * 300)
+    await until(lambda: srv.guard.held_total >= 300)
+    assert (await get(admin, "/api/server"))["memory"]["buffered_bytes"] >= 300
+    assert metrics(await get(admin, "/metrics"))["tcpulse_buffered_bytes"] >= 300
+    # A client that does not read: what its socket cannot take waits in the server.
+    deaf = socket.socket()
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.connect(("127.0.0.1", srv.port))
+    deaf.sendall(b'HELLO {"id":"deaf"}\n')
+    await until(lambda: srv.client("deaf") is not None)
+    for _ in range(400):
+        srv.send("deaf", b"y" * 60_000)
+        if srv.guard.queued_total > 1 << 20:
+            break
+        await asyncio.sleep(0)
+    mem = (await get(admin, "/api/server"))["memory"]
+    assert mem["queued_bytes"] > 1 << 20
+    assert metrics(await get(admin, "/metrics"))["tcpulse_queued_bytes"] > 1 << 20
+    deaf.close()
+    half.close()
+    await until(lambda: srv.client("deaf") is None and srv.client("half") is None)
+    mem = (await get(admin, "/api/server"))["memory"]
+    assert mem["buffered_bytes"] == 0 and mem["queued_bytes"] == 0
 
 
 async def test_dropped_frame_429s_are_counted(start_server: Any, admin_for: Any) -> None:

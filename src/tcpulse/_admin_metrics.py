@@ -3,7 +3,7 @@
 Nothing here runs per message or per heartbeat.  Counters of traffic are read at scrape time
 from `Server.totals` (connections that ended) plus the open clients' own counters, so they cost
 the server nothing until someone asks; only rare events (an RTT measured, a timeout, a protocol
-error) are observed as they happen, from the server's event stream.
+error, the end of a connection) are observed as they happen, from the server's event stream.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .events import ProtocolErrorOccurred, RttMeasured, ServerEvent, TimedOut
+from .events import Disconnected, ProtocolErrorOccurred, RttMeasured, ServerEvent, TimedOut
 from .liveness import percentile
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ class AdminStats:
             "How long after a client's deadline the server declared it dead (PROTOCOL.md: aim < 50 ms)",
             buckets=LATENESS_BUCKETS, registry=self.registry)
         self.errors: Tally[int] = Tally()
+        #: Connections ended, by reason (`DisconnectReason` values).
+        self.disconnects: Tally[str] = Tally()
         self._late: deque[float] = deque(maxlen=LATENESS_WINDOW)
         self.registry.register(_ServerCollector(self))
 
@@ -88,6 +90,16 @@ class AdminStats:
         elif t is ProtocolErrorOccurred:
             assert isinstance(ev, ProtocolErrorOccurred)
             self.errors[ev.code] += 1
+        elif t is Disconnected:
+            assert isinstance(ev, Disconnected)
+            self.disconnects[ev.reason.value] += 1
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the server holds for clients now, against their global budgets (0: off)."""
+        g = self.server.guard
+        return {"buffered_bytes": g.held_total, "max_buffered": g.max_buffered,
+                "queued_bytes": g.recount_queued(), "max_queued": g.max_queued,
+                "slow_consumers_shed": g.shed}
 
     def error_counts(self) -> dict[int, int]:
         """`ERR` frames sent, by code: those that ended or refused a connection (events) and the
@@ -151,3 +163,15 @@ class _ServerCollector(Collector):
         for code, n in self.stats.error_counts().items():
             errors.add_metric([str(code)], n)
         yield errors
+        ends = CounterMetricFamily("tcpulse_disconnects", "Client connections ended, by reason",
+                                   labels=["reason"])
+        for reason, n in sorted(self.stats.disconnects.items()):
+            ends.add_metric([reason], n)
+        yield ends
+        mem = self.stats.memory()
+        yield GaugeMetricFamily("tcpulse_buffered_bytes",
+                                "Bytes of partial frames held across all connections (budget: --max-buffered)",
+                                value=mem["buffered_bytes"])
+        yield GaugeMetricFamily("tcpulse_queued_bytes",
+                                "Bytes queued to clients, not yet taken by their sockets (budget: --max-queued)",
+                                value=mem["queued_bytes"])

@@ -252,7 +252,9 @@ class Admin:
                 "bytes_out": totals["bytes_out"],
                 "timeouts": totals["timeouts"],
                 "protocol_errors": {str(k): v for k, v in self.stats.error_counts().items()},
+                "disconnects": dict(sorted(self.stats.disconnects.items())),
             },
+            "memory": self.stats.memory(),
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),
         })

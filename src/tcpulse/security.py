@@ -430,10 +430,10 @@ class Guard:
         if self.max_queued and self.queued_total > self.max_queued:
             self._shed()
 
-    def _shed(self) -> None:
-        # Buffers drain without telling us, so the figures recorded at write time only ever
-        # overstate: look again at each connection that had bytes queued, then close the biggest
-        # until the rest fits.  O(connections with bytes queued), and only past the budget.
+    def recount_queued(self) -> int:
+        """Bytes queued to clients now.  Buffers drain without telling us, so the figures recorded
+        at write time only ever overstate: look again at each connection that had bytes queued.
+        O(connections with bytes queued)."""
         total = 0
         for q in list(self._queuing):
             qs = q.sec
@@ -446,6 +446,11 @@ class Guard:
             else:
                 self._queuing.discard(q)
         self.queued_total = total
+        return total
+
+    def _shed(self) -> None:
+        # Past the budget: count again, then close the biggest until the rest fits.
+        self.recount_queued()
         while self.queued_total > self.max_queued and self._queuing:
             worst = max(self._queuing, key=lambda q: q.sec.queued if q.sec is not None else 0)
             ws = worst.sec
