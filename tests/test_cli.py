@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -155,6 +157,70 @@ def test_connection_refused_is_one_clear_line() -> None:
         r = run("connect", "--port", str(port), "--no-reconnect", input=b"")
     assert r.returncode == 1
     assert "is the server running?" in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _WaitingClient:
+    """`tcpulse connect --wait` to a port where nothing listens yet, its stdout read line by line."""
+
+    def __init__(self, port: int, client_id: str, stdin: int) -> None:
+        self.p = subprocess.Popen(tcpulse_cmd("connect", "--wait", "--port", str(port), "--id", client_id),
+                                  stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.seen: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self._q.put(line)
+        self._q.put(None)
+
+    def wait_line(self, needle: str, timeout: float = 10) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            line = self._q.get(timeout=max(0.01, end - time.monotonic()))
+            assert line is not None, f"exited before {needle!r}: {self.seen}"
+            self.seen.append(line)
+            if needle in line:
+                return line
+
+    def __enter__(self) -> _WaitingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+
+def test_connect_wait_keeps_trying_until_the_server_is_up(server_process: Any) -> None:
+    port = _unused_port()
+    with _WaitingClient(port, "early", subprocess.PIPE) as c:
+        assert "is the server running?" in c.wait_line("trying again until it answers")
+        srv = server_process("--port", str(port))
+        assert c.p.stdin is not None
+        c.p.stdin.write("first words\n")
+        c.p.stdin.close()
+        c.wait_line("Signed in as early")
+        assert c.p.wait(30) == 0
+        assert srv.wait_event("message")["text"] == "first words"
+        srv.terminate()
+
+
+def test_connect_wait_stops_cleanly_on_ctrl_c() -> None:
+    with _WaitingClient(_unused_port(), "patient", subprocess.DEVNULL) as c:
+        c.wait_line("trying again until it answers")
+        os.kill(c.p.pid, signal.SIGINT)
+        assert c.p.wait(10) == 1
+        c.wait_line("Stopped before the server answered")
+        assert c.p.stderr is not None
+        assert "Traceback" not in c.p.stderr.read()
 
 
 def test_bad_flag_values() -> None:

@@ -59,3 +59,60 @@ def test_outboxes_renumber_in_order(tmp_path: Any) -> None:
     reopened = SQLiteOutbox(str(tmp_path / "o.db"))
     assert reopened.pending() == [(1, b"p8"), (2, b"p9")] and reopened.last_seq == 2
     reopened.close()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_wait_for_server_connects_once_the_server_is_up() -> None:
+    port = _free_port()
+    events: list[tcpulse.ClientEvent] = []
+    client = tcpulse.connect("127.0.0.1", port, id="early", wait_for_server=True,
+                             backoff=Backoff(base=0.02, cap=0.1), on_event=events.append)
+    starting = asyncio.ensure_future(client.start())
+    await asyncio.sleep(0.3)
+    assert not starting.done()  # refused, and trying again
+    assert [e.kind for e in events][:1] == ["waiting"] and "refused" in events[0].data["reason"]
+    assert sum(e.kind == "reconnecting" for e in events) >= 2
+    srv = Server(ServerConfig(port=port, status_every=0))
+    got: list[MessageReceived] = []
+    srv.subscribe(lambda e: got.append(e) if isinstance(e, MessageReceived) else None)
+    await srv.start()
+    try:
+        await asyncio.wait_for(starting, 5)
+        assert client.connected.is_set()
+        await client.send("made it")
+        assert await client.drain(5)
+        assert [m.payload for m in got] == [b"made it"]
+    finally:
+        await client.close()
+        await srv.close(grace=1)
+
+
+async def test_wait_for_server_still_fails_at_once_on_what_waiting_cannot_mend() -> None:
+    # Something that is not a tcpulse server (here: it greets with garbage) will not become one.
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+    srv = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    client = tcpulse.connect("127.0.0.1", port, id="x", wait_for_server=True, backoff=Backoff(base=0.02, cap=0.1))
+    try:
+        t0 = asyncio.get_running_loop().time()
+        try:
+            await client.start()
+        except tcpulse.ConnectError as e:
+            assert e.kind == "bad-frame"
+        else:
+            raise AssertionError("connected to something that is not a tcpulse server")
+        assert asyncio.get_running_loop().time() - t0 < 0.9
+    finally:
+        await client.close()
+        srv.close()
+        await srv.wait_closed()

@@ -267,6 +267,9 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
               help="Behave like the original exercise's client: beat 3 times one interval apart, then "
                    "only every 20 intervals, no PINGs, no reconnect; the server times it out.")
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost instead of reconnecting.")
+@click.option("--wait", "wait_for_server", is_flag=True,
+              help="If the server cannot be reached at start, keep trying until it answers (with the "
+                   "reconnect backoff) instead of exiting.")
 @click.option("--outbox", default=None, metavar="PATH",
               help="Keep this client's id, session and unacknowledged messages in an SQLite file: "
                    "started again with it, the client sends what was not acknowledged, once.")
@@ -285,7 +288,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
 @lang_option
 def connect(host: str, port: int, client_id: str | None, heartbeat_interval: float | None,
             seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None,
-            token: str | None = None, tls: bool = False, ca: str | None = None, insecure: bool = False,
+            wait_for_server: bool = False, token: str | None = None, tls: bool = False, ca: str | None = None,
+            insecure: bool = False,
             client_cert: str | None = None, client_key: str | None = None,
             server_name: str | None = None, outbox: str | None = None) -> None:
     """Connect to a server and send each line typed (or piped) as a message."""
@@ -299,6 +303,7 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
     opts.token = token
     opts.server_hostname = server_name
     opts.outbox = outbox
+    opts.wait_for_server = wait_for_server
     sys.exit(run_loop(lambda: _connect(opts), loop_kind))
 
 
@@ -308,6 +313,7 @@ class ConnectOptions:
     server_hostname: str | None = None
     token: str | None = None
     outbox: str | None = None  # --outbox PATH (delivery)
+    wait_for_server: bool = False  # --wait
 
     def __init__(self, host: str, port: int, client_id: str | None, interval: float | None,
                  seed_demo: bool, reconnect: bool, verbose: bool) -> None:
@@ -399,6 +405,9 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
                     why=why, n=d.get("unacked", 0)))
             else:
                 _say(_("Disconnected from the server: {reason}").format(reason=why))
+        elif k == "waiting":
+            _say(_("Cannot connect to the server {host}:{port} ({why}): trying again until it answers "
+                   "(Ctrl-C stops)").format(host=opts.host, port=opts.port, why=d["reason"]))
         elif k == "reconnecting" and opts.verbose:
             _say(_("Reconnecting in {delay:.1f} s (attempt {n})").format(delay=d["delay"], n=d["attempt"]))
         elif k == "retry-failed" and opts.verbose:
@@ -442,6 +451,23 @@ def _unacked_note(opts: ConnectOptions, left: int) -> None:
         _say(_("{n} message(s) were not acknowledged by the server and may be lost").format(n=left))
 
 
+async def _until_stopped(coro: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `coro` until it ends (True; its exception raised) or `stop` is set first (False)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
+
+
 async def _connect(opts: ConnectOptions) -> int:
     client_id = opts.client_id
     box = None
@@ -464,9 +490,20 @@ async def _connect(opts: ConnectOptions) -> int:
     client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval, outbox=box,
                     reconnect=opts.reconnect, on_event=_client_printer(opts), seed_demo=opts.seed_demo,
                     token=opts.token, ssl_context=opts.ssl_context,
-                    server_hostname=opts.server_hostname or (opts.host if opts.ssl_context else None))
+                    server_hostname=opts.server_hostname or (opts.host if opts.ssl_context else None),
+                    wait_for_server=opts.wait_for_server)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     try:
-        await client.start()
+        if not await _until_stopped(client.start(), stop):
+            # Stopped while waiting for the server: nothing was sent, nothing is lost.
+            await client.close()
+            _unacked_note(opts, len(client.unacked()))
+            _say(_("Stopped before the server answered"))
+            return 1
     except ConnectError as e:
         _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
         from .cli_token import plain_hint, tls_hint
@@ -482,11 +519,6 @@ async def _connect(opts: ConnectOptions) -> int:
     interactive = sys.stdin is not None and sys.stdin.isatty()
     lines = await _stdin_lines(interactive)
     done = asyncio.ensure_future(client.wait_closed())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     stopper = asyncio.ensure_future(stop.wait())
     eof = False
     try:

@@ -72,7 +72,9 @@ class ServerDead(TimeoutError):
 class ClientEvent:
     """What the client reports to `on_event` (for a console, a UI or a log)."""
 
-    kind: str  # connected | info | ok | beat | rtt | ack | message | error | bye | disconnected | reconnecting | dead
+    # connected | info | ok | beat | rtt | ack | message | error | bye | disconnected | reconnecting |
+    # retry-failed | renumbered | waiting | dead
+    kind: str
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,7 +141,8 @@ class Client:
                  ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                  on_event: Callable[[ClientEvent], None] | None = None,
                  backoff: Backoff | None = None, seed_demo: bool = False,
-                 connect_timeout: float = 10.0, source_address: tuple[str, int] | None = None) -> None:
+                 connect_timeout: float = 10.0, source_address: tuple[str, int] | None = None,
+                 wait_for_server: bool = False) -> None:
         self.host = host
         self.port = port
         self.outbox = outbox or MemoryOutbox()
@@ -159,6 +162,7 @@ class Client:
         self.seed_demo = seed_demo
         self.connect_timeout = connect_timeout
         self.source_address = source_address
+        self.wait_for_server = wait_for_server
         self.info: Info | None = None
         self.ok: Ok | None = None
         self.rtt: float | None = None
@@ -183,9 +187,18 @@ class Client:
 
     async def start(self) -> None:
         """Connect once (raising ConnectError / ServerError if that fails), then keep the
-        connection up in the background."""
-        reader, writer = await self._open()
-        await self._handshake(reader, writer)
+        connection up in the background.  With `wait_for_server`, a server that is not up yet
+        (refused, no answer, unreachable, not resolvable yet, shutting down, full) is tried again
+        with the reconnect backoff until it answers; a failure that waiting cannot mend (TLS, a
+        bad token, something that is not a tcpulse server) still raises at once."""
+        try:
+            reader, writer = await self._open()
+            await self._handshake(reader, writer)
+        except (ConnectError, ServerError) as e:
+            if not (self.wait_for_server and _worth_waiting(e)):
+                raise
+            self._emit("waiting", reason=str(e))
+            reader, writer = await self._reconnect()
         self._task = asyncio.create_task(self._run(reader, writer))
 
     async def send(self, payload: bytes | str) -> int | None:
@@ -545,6 +558,17 @@ class Client:
                 self._inbox.put_nowait(None)
                 return True
         return False
+
+
+#: `ConnectError.kind`s that a server which is not up yet gives; the others (TLS, a bad frame)
+#: come back on every attempt.
+_WAITABLE = frozenset({"refused", "timeout", "os", "resolve", "handshake-timeout", "bye"})
+
+
+def _worth_waiting(e: ConnectError | ServerError) -> bool:
+    if isinstance(e, ServerError):
+        return is_retryable(err_code=e.code)
+    return e.kind in _WAITABLE
 
 
 def connect(host: str = "127.0.0.1", port: int = 12345, **kwargs: Any) -> Client:
