@@ -54,6 +54,16 @@ __all__ = ["ClientInfo", "Server", "ServerConfig", "format_addr"]
 LINGER = 2.0
 #: The same for a connection refused before it was served: long enough for the ERR to go out.
 REFUSED_LINGER = 0.25
+#: At most this many sockets linger at once; beyond, the server closes at once after the last
+#: frame (it is in the kernel already, and reaches a client that sent nothing more).  Lingering
+#: sockets are not clients, so without a cap a flood of bad or refused connections that the
+#: attacker keeps open would spend the descriptors kept back for them (security.FD_RESERVE, 100).
+MAX_LINGERING = 50
+#: On asyncio's own loops the listen backlog is also how many connections one wake of the loop
+#: accepts at once, each holding a descriptor until its turn comes; under a flood that batch alone
+#: (4096) would spend every descriptor kept back.  Those loops accept this many per wake, and the
+#: kernel keeps its full backlog (`ServerConfig.backlog`) for reconnect storms.
+ACCEPT_BATCH = 8
 
 
 def format_addr(peer: Any) -> str:
@@ -296,6 +306,8 @@ class ClientInfo(asyncio.Protocol):
                 self.reason = DisconnectReason.EOF
         if self._linger is not None:
             self._linger.cancel()
+            self._linger = None
+            self.server._lingering -= 1
         self.server._open.discard(self)
         self.server._on_connection_lost(self)
 
@@ -451,7 +463,8 @@ class ClientInfo(asyncio.Protocol):
         tr = self.transport
         if tr is None:
             return
-        if linger and tr.can_write_eof():
+        srv = self.server
+        if linger and tr.can_write_eof() and srv._lingering < MAX_LINGERING:
             # Shut our sending side; keep reading (and discarding) until the client closes or the
             # linger runs out, so our last frame is not destroyed by a reset.
             with contextlib.suppress(OSError, RuntimeError):
@@ -461,7 +474,8 @@ class ClientInfo(asyncio.Protocol):
             # A refused connection (full, auth timeout) lingers briefly: under a connection flood
             # its descriptor must come back fast, or the refusals would exhaust the open-file limit.
             wait = REFUSED_LINGER if reason is DisconnectReason.REFUSED else LINGER
-            self._linger = self.server._loop.call_later(wait, tr.abort)
+            self._linger = srv._loop.call_later(wait, tr.abort)
+            srv._lingering += 1
         else:
             tr.close()
 
@@ -482,6 +496,8 @@ class Server:
         self._clients: set[ClientInfo] = set()
         #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
         self._open: set[ClientInfo] = set()
+        #: Sockets lingering after their last frame now (see MAX_LINGERING).
+        self._lingering = 0
         self._by_id: dict[str, ClientInfo] = {}
         self._by_session: dict[SessionKey, ClientInfo] = {}
         self._subscribers: list[Callable[[ServerEvent], None]] = []
@@ -591,11 +607,16 @@ class Server:
             heartbeat_timeout=cfg.heartbeat_timeout, auth_required=self.guard.auth_required,
             durable=self._store.durable, max_line=cfg.max_line, max_payload=cfg.max_payload,
         )
+        plain_asyncio = isinstance(self._loop, asyncio.BaseEventLoop)
         self._server = await self._loop.create_server(
-            lambda: ClientInfo(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True,
-            ssl=self.guard.ssl,
+            lambda: ClientInfo(self), cfg.host, cfg.port, reuse_address=True,
+            backlog=min(ACCEPT_BATCH, cfg.backlog) if plain_asyncio else cfg.backlog, ssl=self.guard.ssl,
             # A TLS handshake is held to the liveness deadline, like any silent client.
             ssl_handshake_timeout=cfg.heartbeat_timeout if self.guard.ssl is not None else None)
+        if plain_asyncio:
+            for ts in self._server.sockets:
+                with socket.socket(fileno=os.dup(ts.fileno())) as dup:
+                    dup.listen(cfg.backlog)  # the same listening socket: only its kernel backlog grows
         self.sockets = list(self._server.sockets)
         sockname = self.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
