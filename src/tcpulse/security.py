@@ -17,6 +17,7 @@ import ipaddress
 import os
 import resource
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,10 @@ DEFAULT_MAX_BUFFERED = 256 << 20
 #: all connections.  The per-connection cap alone would let 20,000 clients that do not read pin
 #: 20,000 x 2 MiB = 40 GiB; past this budget the client with the most queued is closed.
 DEFAULT_MAX_QUEUED = 256 << 20
+#: Only a client whose bytes have been waiting this long (its buffer never empty in between) is
+#: closed for the budget: a big broadcast queues bytes for every client at once, and healthy
+#: clients take theirs within moments.
+QUEUE_STALL = 2.0
 #: Seconds between looks (one stat()) at the auth file: a revoked token ends its connection this
 #: soon, without a SIGHUP and without waiting for another client's HELLO.
 AUTH_WATCH_EVERY = 1.0
@@ -227,8 +232,10 @@ class ConnLimits:
     host: str
     rate: FrameRate | None
     held: int = 0
-    #: Bytes queued for the client as last seen (its transport's write buffer).
+    #: Bytes queued for the client as last seen (its transport's write buffer), and since when
+    #: (monotonic) that buffer has not been empty.
     queued: int = 0
+    queued_since: float = 0.0
     timer: asyncio.TimerHandle | None = None
 
 
@@ -256,6 +263,7 @@ class Guard:
         self._queuing: set[ClientInfo] = set()
         #: Clients closed because the global budget for queued bytes ran out.
         self.shed = 0
+        self._shed_timer: asyncio.TimerHandle | None = None
         #: `ERR 429` sent for dropped frames (no event each: a flood would flood the log too);
         #: the admin's protocol-error counts add them.
         self.dropped_429 = 0
@@ -421,6 +429,8 @@ class Guard:
         sec = c.sec
         if sec is None or size == sec.queued:
             return
+        if size and not sec.queued:
+            sec.queued_since = time.monotonic()
         self.queued_total += size - sec.queued
         sec.queued = size
         if size:
@@ -449,10 +459,17 @@ class Guard:
         return total
 
     def _shed(self) -> None:
-        # Past the budget: count again, then close the biggest until the rest fits.
-        self.recount_queued()
-        while self.queued_total > self.max_queued and self._queuing:
-            worst = max(self._queuing, key=lambda q: q.sec.queued if q.sec is not None else 0)
+        # Past the budget: count again, then close the biggest of the stalled clients (bytes
+        # waiting for QUEUE_STALL seconds) until the rest fits.  If that is not enough yet, look
+        # again when the next ones would be stalled: a burst that healthy clients take drains
+        # by itself, a client that does not read is closed then.
+        if self.recount_queued() <= self.max_queued:
+            return
+        now = time.monotonic()
+        stalled = [q for q in self._queuing if q.sec is not None and now - q.sec.queued_since >= QUEUE_STALL]
+        stalled.sort(key=lambda q: q.sec.queued if q.sec is not None else 0)
+        while self.queued_total > self.max_queued and stalled:
+            worst = stalled.pop()
             ws = worst.sec
             n = ws.queued if ws is not None else 0
             if ws is not None:
@@ -460,8 +477,15 @@ class Guard:
             self._queuing.discard(worst)
             self.queued_total -= n
             self.shed += 1
-            self.server._close_slow(worst, f"{n} bytes unread when the budget for bytes queued to all "
-                                           f"clients ran out (--max-queued)")
+            self.server._close_slow(worst, f"{n} bytes unread for {QUEUE_STALL:g} s or more when the budget for "
+                                           f"bytes queued to all clients ran out (--max-queued)")
+        if self.queued_total > self.max_queued and self._shed_timer is None and self._queuing:
+            first = min(q.sec.queued_since for q in self._queuing if q.sec is not None)
+            self._shed_timer = self.server._loop.call_later(max(0.01, first + QUEUE_STALL - now), self._recheck)
+
+    def _recheck(self) -> None:
+        self._shed_timer = None
+        self._shed()
 
     def rate(self, c: ClientInfo, now: float, frames: int, pings: list[Any]) -> None:
         """A batch of `frames` control frames, with these `pings`: answer, drop, or close."""

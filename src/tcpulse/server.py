@@ -404,12 +404,17 @@ class ClientInfo(asyncio.Protocol):
         tr = self.transport
         if out and tr is not None and not tr.is_closing():
             self.bytes_out += len(out)
-            tr.write(out)
             sec = self.sec
-            if sec is not None and self.server.guard.max_queued:
-                n = tr.get_write_buffer_size()
-                if n or sec.queued:
-                    self.server.guard.queued(self, n)
+            if sec is None or not self.server.guard.max_queued:
+                tr.write(out)
+                return
+            guard = self.server.guard
+            if sec.queued and not tr.get_write_buffer_size():
+                guard.queued(self, 0)  # it took everything since: a new backlog starts now
+            tr.write(out)
+            n = tr.get_write_buffer_size()
+            if n or sec.queued:
+                guard.queued(self, n)
 
     def send_frame(self, event: Any) -> None:
         self.conn.send(event)
