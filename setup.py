@@ -13,7 +13,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-LOCALE = Path(__file__).resolve().parent / "src" / "tcpulse" / "locale"
+LOCALE = Path(__file__).resolve().parent / "src" / "tcpulse" / "i18n" / "locale"
 
 
 def compile_catalogs(locale_dir: Path = LOCALE) -> list[Path]:

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 
-from tcpulse.bench_tool import SpawnedServer, ingest
+from tcpulse.bench.load import SpawnedServer, ingest
 
 
 def admin_url(srv: SpawnedServer, timeout: float = 20.0) -> str:

@@ -18,7 +18,7 @@ import statistics
 import sys
 import tempfile
 
-from tcpulse.bench_tool import SpawnedServer, ingest
+from tcpulse.bench.load import SpawnedServer, ingest
 
 
 def one(db: str, clients: int, messages: int, size: int) -> float:

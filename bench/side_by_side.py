@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tcpulse.bench_tool import Kind, SpawnedServer, hold  # noqa: E402
+from tcpulse.bench.load import Kind, SpawnedServer, hold  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 FLOOR = SHARED / "bench" / "floor_server.py"

@@ -22,8 +22,8 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from tcpulse._connection import Connection, Role
-    from tcpulse._events import Err, Hello, Info, Ok
+    from tcpulse.protocol.connection import Connection, Role
+    from tcpulse.protocol.events import Err, Hello, Info, Ok
 
 
 class Violation(AssertionError):

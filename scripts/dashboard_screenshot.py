@@ -16,9 +16,10 @@ import random
 
 from playwright.async_api import async_playwright
 
-from tcpulse.admin import Admin
-from tcpulse.client import Client
-from tcpulse.server import Server, ServerConfig
+from tcpulse.admin.app import Admin
+from tcpulse.client.client import Client
+from tcpulse.server.config import ServerConfig
+from tcpulse.server.server import Server
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Keep the Chinese catalog in step with the code (docs/admin-api.md, "Languages").
 #   scripts/i18n.sh update   extract every string shown (scripts/i18n_pot.py) and merge the new ones into
-#                            src/tcpulse/locale/zh/LC_MESSAGES/tcpulse.po (with an empty msgstr to fill in)
+#                            src/tcpulse/i18n/locale/zh/LC_MESSAGES/tcpulse.po (with an empty msgstr to fill in)
 #   scripts/i18n.sh check    list the strings that have no translation yet (exit 1 if any)
 #   scripts/i18n.sh compile  write the .mo next to the .po (every build and install does this by itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-PO=src/tcpulse/locale/zh/LC_MESSAGES/tcpulse.po
+PO=src/tcpulse/i18n/locale/zh/LC_MESSAGES/tcpulse.po
 POT=$(mktemp --suffix=.pot)
 trap 'rm -f "$POT"' EXIT
 # Every string shown: the code's _() and ngettext(), the command line's help texts, click's own words.
@@ -33,7 +33,7 @@ sys.exit(1 if missing else 0)
 PYEOF
     ;;
   compile)
-    .venv/bin/pybabel compile -d src/tcpulse/locale -D tcpulse
+    .venv/bin/pybabel compile -d src/tcpulse/i18n/locale -D tcpulse
     ;;
   *) echo "usage: scripts/i18n.sh update|check|compile" >&2; exit 2 ;;
 esac

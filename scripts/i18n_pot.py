@@ -12,8 +12,8 @@ import click
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po, write_po
 
-from tcpulse._cli_i18n import help_texts
-from tcpulse.cli import main
+from tcpulse.cli.click_i18n import help_texts
+from tcpulse.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

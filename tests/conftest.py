@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tcpulse.server import Server, ServerConfig
+from tcpulse.server.config import ServerConfig
+from tcpulse.server.server import Server
 
 TIME_SCALE = float(os.environ.get("TCPULSE_TEST_TIME_SCALE", "1"))
 #: One "millisecond" of test time; intervals in socket tests are written in MS.

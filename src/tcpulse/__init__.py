@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from ._connection import Connection, ProtocolError, Role
-from ._events import Ack, Bye, Err, ErrorCode, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
-from .client import Client, ClientEvent, ConnectError, ServerError, connect
-from .server import ClientInfo, Server, ServerConfig
+from tcpulse.client.client import Client, connect
+from tcpulse.client.errors import ConnectError, ServerError
+from tcpulse.client.events import ClientEvent
+from tcpulse.protocol.connection import Connection, Role
+from tcpulse.protocol.errors import ErrorCode, ProtocolError
+from tcpulse.protocol.events import Ack, Bye, Err, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from tcpulse.server.config import ServerConfig
+from tcpulse.server.connection import ClientInfo
+from tcpulse.server.server import Server
+from tcpulse.version import __version__
 
 __all__ = [
     "Ack", "Bye", "Client", "ClientEvent", "ClientInfo", "ConnectError", "Connection", "Err",

@@ -1,0 +1,662 @@
+"""The load generator behind `tcpulse bench`: many cheap raw clients in one process.
+
+Each simulated client is one small `asyncio.Protocol` that speaks just enough of the protocol to
+hold a connection (`HELLO`, `HEARTBEAT`, `PONG`) or to push messages; no `Client`, no task and no
+timer per client: one ticker beats for everyone, spread evenly over the interval.  That keeps
+10,000 clients affordable beside the server on two cores.
+
+`hold()` keeps N clients beating, measures the server's CPU and memory (when it is a local PID),
+then makes M of them fall silent at the same moment and times each `BYE heartbeat-timeout` against
+that client's deadline (its last frame sent + its timeout), from the client side.  `ingest()`
+pushes messages from K clients and measures the rate up to a `PING` barrier (or the last `ACK`).
+
+Other servers can be measured with the same workloads for comparison (`Kind`): the Python floor
+server of the same framing, the original threaded server (raw `HEARTBEAT` strings, timeouts seen
+as the server closing), and NATS (`PING` as heartbeat, `PUB` as message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import math
+import os
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tcpulse.i18n import _, current_language
+
+__all__ = [
+    "HoldResult",
+    "IngestResult",
+    "Kind",
+    "ProcStats",
+    "SpawnedServer",
+    "hold",
+    "ingest",
+    "proc_sample",
+    "source_addresses",
+]
+
+#: Clients per loopback source address: well inside the 28,000 ephemeral ports of one address,
+#: with room for connections still in TIME_WAIT from an earlier run.
+PER_ADDRESS = 5000
+#: Connection attempts in flight at once (the listen backlog is 4096).
+CONNECT_CONCURRENCY = 256
+#: Beats are sent in this many slots per interval at most (one ticker for all clients).
+TICK = 0.005
+
+
+class Kind(enum.StrEnum):
+    """Which server dialect the clients speak."""
+
+    TCPULSE = "tcpulse"  # INFO, HELLO -> OK, HEARTBEAT, BYE heartbeat-timeout
+    FLOOR = "floor"  # the floor server: INFO, frames counted, no HELLO answer, no timeouts
+    SEED = "seed"  # the original threaded server: raw "HEARTBEAT", timeout = the server closes
+    NATS = "nats"  # NATS: INFO, CONNECT, PING/PONG as heartbeat, PUB as message
+
+
+# --------------------------------------------------------------------------- the server process
+
+@dataclass(frozen=True)
+class ProcStats:
+    cpu: float  # user + system CPU seconds so far
+    rss: int  # resident bytes
+    threads: int
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_sample(pid: int) -> ProcStats | None:
+    """CPU seconds, resident memory and threads of a local process (None: not readable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    rss = threads = 0
+    for line in status.splitlines():
+        if line.startswith(b"VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith(b"Threads:"):
+            threads = int(line.split()[1])
+    return ProcStats(cpu, rss, threads)
+
+
+class SpawnedServer:
+    """`tcpulse serve --port 0 --db none -q --log-format json ...` as a child process.
+
+    Its log goes to a temporary file (a pipe nobody reads would block it on 1,000 timeout lines);
+    the port is read from its `listening` event.  Stop it with `stop()` (SIGTERM to its PID).
+    """
+
+    def __init__(self, args: list[str], host: str = "127.0.0.1") -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="tcpulse-bench-", suffix=".log", delete=False)
+        # The same language as this process: its error line is quoted in ours (wait_listening).
+        cmd = [sys.executable, "-m", "tcpulse", "serve", "--host", host, "--port", "0", "--db", "none",
+               "-q", "--log-format", "json", "--lang", current_language(), *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        self.port = 0
+
+    def wait_listening(self, timeout: float = 20.0) -> int:
+        """The port, once the server listens; raises RuntimeError with its stderr if it fails."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                # Its last line names the problem (click's usage lines come before it): one line.
+                last = (err.strip().splitlines() or ["no message"])[-1].strip().removeprefix("tcpulse: error: ")
+                raise RuntimeError(_("the server exited with {code}: {error}").format(
+                    code=self.proc.returncode, error=last))
+            with open(self.log.name, "rb") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError):
+                        ev = json.loads(line)
+                        if ev.get("event") == "listening":
+                            self.port = int(ev["port"])
+                            return self.port
+            time.sleep(0.05)
+        raise RuntimeError(_("the server did not listen within {timeout:g} s").format(timeout=timeout))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+# --------------------------------------------------------------------------- one client
+
+class _Conn(asyncio.Protocol):
+    __slots__ = (
+        "ack_target",
+        "acked",
+        "barrier",
+        "buf",
+        "bye",
+        "bye_at",
+        "closed_at",
+        "error",
+        "hello",
+        "idx",
+        "interval",
+        "kind",
+        "last_sent",
+        "lport",
+        "paused",
+        "ready",
+        "resume",
+        "silent",
+        "timeout",
+        "transport",
+    )
+
+    def __init__(self, idx: int, kind: Kind, hello: bytes, ready: asyncio.Future[None]) -> None:
+        self.idx = idx
+        self.kind = kind
+        self.lport = 0
+        self.hello = hello
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.ready = ready
+        self.timeout = math.nan
+        self.interval = math.nan
+        self.last_sent = 0.0
+        self.silent = False
+        self.bye: str | None = None  # the BYE reason received
+        self.bye_at = 0.0
+        self.closed_at = 0.0
+        self.error: str | None = None
+        self.paused = False
+        self.resume: asyncio.Future[None] | None = None
+        self.barrier: asyncio.Future[float] | None = None
+        self.acked = 0
+        self.ack_target = 0
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.lport = int(sockname[1]) if sockname else 0
+        if self.kind is Kind.SEED:
+            self._ready()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            self._line(buf[start:nl].rstrip(b"\r"))
+            start = nl + 1
+        self.buf = buf[start:]
+
+    def eof_received(self) -> bool | None:
+        self._closed()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed()
+        if self.resume is not None and not self.resume.done():
+            self.resume.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.resume is not None and not self.resume.done():
+            self.resume.set_result(None)
+
+    # -- frames
+
+    def _line(self, line: bytes) -> None:
+        now = time.monotonic()
+        if line.startswith(b"PING"):
+            if not self.silent:
+                self.send(b"PONG" + line[4:] + (b"\r\n" if self.kind is Kind.NATS else b"\n"))
+        elif line.startswith(b"ACK "):
+            self.acked = int(line[4:])
+            # `ack_target` is set only once the last message is written: an ACK that arrives
+            # while the client still sends is not the barrier.
+            if (self.ack_target and self.acked >= self.ack_target and self.barrier is not None
+                    and not self.barrier.done()):
+                self.barrier.set_result(now)
+        elif line.startswith(b"PONG"):
+            if self.barrier is not None and not self.barrier.done() and not self.ack_target:
+                self.barrier.set_result(now)
+            elif self.kind is Kind.NATS:
+                self._ready()
+        elif line.startswith(b"BYE"):
+            self.bye = line[4:].decode(errors="replace") or "-"
+            self.bye_at = now
+        elif line.startswith(b"OK "):
+            with contextlib.suppress(ValueError, KeyError):
+                ok = json.loads(line[3:])
+                self.timeout = float(ok["heartbeat_timeout"])
+                self.interval = float(ok["heartbeat_interval"])
+            self._ready()
+        elif line.startswith(b"INFO "):
+            if self.kind is Kind.NATS:
+                self.send(b'CONNECT {"verbose":false,"pedantic":false,"name":"tcpulse-bench"}\r\nPING\r\n')
+                return
+            with contextlib.suppress(ValueError, KeyError):
+                info = json.loads(line[5:])
+                self.timeout = float(info["heartbeat_timeout"])
+            if self.kind is Kind.TCPULSE:
+                self.send(self.hello)
+            else:
+                self._ready()
+        elif line.startswith(b"ERR") or line.startswith(b"-ERR"):
+            self.error = line.decode(errors="replace")
+            if not self.ready.done():
+                self.ready.set_exception(ConnectionError(self.error))
+
+    def _ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _closed(self) -> None:
+        if not self.closed_at:
+            self.closed_at = time.monotonic()
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(self.error or "closed before it was ready"))
+        if self.barrier is not None and not self.barrier.done():
+            self.barrier.set_exception(ConnectionError(self.error or "closed before the barrier"))
+
+    def send(self, data: bytes) -> None:
+        tr = self.transport
+        if tr is not None and not self.closed_at:
+            tr.write(data)
+            self.last_sent = time.monotonic()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _beat_frame(kind: Kind) -> bytes:
+    return {Kind.SEED: b"HEARTBEAT", Kind.NATS: b"PING\r\n"}.get(kind, b"HEARTBEAT\n")
+
+
+def source_addresses(n: int, per_address: int = PER_ADDRESS) -> list[str]:
+    """Loopback source addresses for `n` clients: 127.0.0.1 alone while it has ports enough,
+    else several of 127.0.0.x (a random run of them, so that back-to-back runs do not trip
+    over each other's TIME_WAIT)."""
+    k = max(1, math.ceil(n / per_address))
+    if k == 1:
+        return ["127.0.0.1"]
+    base = 2 + secrets.randbelow(250 - k)
+    return [f"127.0.0.{base + i}" for i in range(k)]
+
+
+def raise_open_file_limit(need: int) -> int:
+    """Raise this process's soft limit on open files to what is needed, up to the hard limit;
+    returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, need)) if hard != resource.RLIM_INFINITY else max(soft, need)
+    if want > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return soft
+
+
+Progress = Callable[[str, int, int], None]  # phase, done, total
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
+
+
+async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[int], bytes],
+                    progress: Progress, ready_timeout: float,
+                    on_ready: Callable[[_Conn], None] | None = None) -> tuple[list[_Conn], list[str]]:
+    loop = asyncio.get_running_loop()
+    addrs = source_addresses(n) if host in ("127.0.0.1", "localhost") else [""]
+    sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    conns: list[_Conn] = []
+    errors: list[str] = []
+    done = 0
+
+    async def one(i: int) -> None:
+        nonlocal done
+        async with sem:
+            fut: asyncio.Future[None] = loop.create_future()
+            c = _Conn(i, kind, hellos(i), fut)
+            local = addrs[i % len(addrs)]
+            try:
+                # Bounded: a server whose backlog is full drops SYNs, and the kernel would retry
+                # for minutes.
+                await asyncio.wait_for(loop.create_connection(lambda: c, host, port,
+                                                              local_addr=(local, 0) if local else None),
+                                       ready_timeout)
+                await asyncio.wait_for(fut, ready_timeout)
+                conns.append(c)
+                if on_ready is not None:
+                    on_ready(c)  # it beats from now on, while the others still connect
+            except (TimeoutError, OSError, ConnectionError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                c.abort()
+            done += 1
+            if done % 100 == 0 or done == n:
+                progress("connecting", done, n)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    conns.sort(key=lambda c: c.idx)
+    return conns, errors
+
+
+class _Ticker:
+    """Beats every live client once per interval, spread over `slots` moments per interval."""
+
+    def __init__(self, n: int, interval: float, kind: Kind) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.frame = _beat_frame(kind)
+        self.interval = interval
+        self.slots = max(1, min(n, round(interval / TICK)))
+        self.step = interval / self.slots
+        self.groups: list[list[_Conn]] = [[] for _ in range(self.slots)]
+        self.t0 = self.loop.time()
+        self.k = 0
+        self.handle: asyncio.TimerHandle | None = None
+        self.late = 0.0  # the worst lateness of a tick, seconds
+
+    def start(self) -> None:
+        self.handle = self.loop.call_at(self.t0, self._tick)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def add(self, c: _Conn) -> None:
+        self.groups[c.idx % self.slots].append(c)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        # Catch up on any slot missed while the loop was busy, so no client beats late twice.
+        while self.t0 + self.k * self.step <= now:
+            self.late = max(self.late, now - (self.t0 + self.k * self.step))
+            frame = self.frame
+            for c in self.groups[self.k % self.slots]:
+                if not c.silent and not c.closed_at:
+                    c.send(frame)
+            self.k += 1
+        self.handle = self.loop.call_at(self.t0 + self.k * self.step, self._tick)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
+
+
+# --------------------------------------------------------------------------- hold
+
+@dataclass
+class HoldResult:
+    kind: str
+    loop: str
+    clients: int
+    connected: int
+    connect_errors: list[str]
+    source_addresses: int
+    interval: float
+    timeout: float
+    silent: int
+    timed_out: int  # silent clients that got the timeout (BYE, or the close for the seed server)
+    missed: int  # silent clients still not told at the end
+    false_timeouts: int  # beating clients timed out
+    other_closes: int  # beating clients closed for another reason
+    lateness_ms: dict[str, float] = field(default_factory=dict)  # min/p50/p90/p99/max
+    early: int = 0  # timeouts more than 1 ms before the client-side deadline
+    server_cpu: float | None = None  # fraction of one core while all clients beat
+    server_rss_before: int | None = None
+    server_rss: int | None = None
+    server_threads: int | None = None
+    rss_per_client: float | None = None  # bytes
+    ticker_late_ms: float = 0.0  # the generator's worst beat lateness (is the load generator keeping up?)
+    generator_cpu: float = 0.0  # fraction of one core used by this process over the run
+    duration: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def hold(host: str, port: int, clients: int, interval: float, silent: int, *,
+               kind: Kind = Kind.TCPULSE, server_pid: int | None = None, server_timeout: float | None = None,
+               settle: float | None = None, measure: float = 5.0, grace: float | None = None,
+               progress: Progress = _no_progress, loop_name: str = "",
+               announced: dict[int, float] | None = None) -> HoldResult:
+    """Open `clients`, beat every `interval`, measure, silence `silent` at once, collect the
+    timeouts.  `server_timeout`: the timeout of a server that does not announce one (seed).
+    `announced`: for a server that tells its clients nothing, when it announced each timeout
+    (client port -> time.monotonic(), filled from its log by the caller)."""
+    if not 0 <= silent <= clients:
+        raise ValueError("--silent must be between 0 and --clients")
+    t_start = time.monotonic()
+    g0 = resource.getrusage(resource.RUSAGE_SELF)
+    raise_open_file_limit(clients + 64)
+    tag = secrets.token_hex(3)
+
+    def hello(i: int) -> bytes:
+        return b'HELLO {"id":"bench-%s-%d","heartbeat_interval":%s}\n' % (tag.encode(), i, repr(interval).encode())
+
+    before = proc_sample(server_pid) if server_pid else None
+    ticker = _Ticker(clients, interval, kind)
+    ticker.start()
+    conns, errors = await _open_all(host, port, clients, kind, hello, progress, ready_timeout=30.0,
+                                    on_ready=ticker.add)
+    loop = asyncio.get_running_loop()
+    timeout = server_timeout or next((c.timeout for c in conns if not math.isnan(c.timeout)), math.nan)
+    if kind is Kind.TCPULSE and conns and not math.isnan(conns[0].timeout):
+        timeout = conns[0].timeout
+    settle = max(2.0, 2 * interval) if settle is None else settle
+    end_settle = loop.time() + settle
+    while loop.time() < end_settle:
+        progress("settling", int(settle - (end_settle - loop.time())), int(settle))
+        await asyncio.sleep(min(0.25, max(0.0, end_settle - loop.time())))
+    s0 = proc_sample(server_pid) if server_pid else None
+    end_measure = loop.time() + measure
+    while loop.time() < end_measure:
+        progress("measuring", int(measure - (end_measure - loop.time())), int(measure))
+        await asyncio.sleep(min(0.25, max(0.0, end_measure - loop.time())))
+    s1 = proc_sample(server_pid) if server_pid else None
+
+    # Silence `silent` clients, spread evenly over all, at one moment: each sends one last beat
+    # now, so all their deadlines fall together (the hardest case for the server).
+    step = len(conns) / silent if silent else 0
+    quiet = [conns[int(i * step)] for i in range(silent)] if conns else []
+    frame = _beat_frame(kind)
+    for c in quiet:
+        c.send(frame)
+        c.silent = True
+    expect = timeout if not math.isnan(timeout) else 0.0
+    grace = max(1.0, expect) if grace is None else grace
+    end_wait = loop.time() + expect + grace
+    while loop.time() < end_wait:
+        told = sum(1 for c in quiet if c.bye is not None or c.closed_at or (announced and c.lport in announced))
+        progress("waiting for timeouts", told, len(quiet))
+        if told == len(quiet) and loop.time() > end_wait - grace + 0.5:
+            break  # all told, and beating clients have been watched past the deadline
+        await asyncio.sleep(0.1)
+    ticker.stop()
+
+    lateness: list[float] = []
+    timed_out = missed = false = other = early = 0
+    for c in conns:
+        told_at = c.bye_at if c.bye == "heartbeat-timeout" else 0.0
+        if kind is Kind.SEED:
+            told_at = (announced or {}).get(c.lport, 0.0) or c.closed_at
+        if c.silent:
+            if told_at:
+                timed_out += 1
+                late = told_at - (c.last_sent + timeout)
+                lateness.append(late)
+                if late < -0.001:
+                    early += 1
+            else:
+                missed += 1
+        elif told_at:
+            false += 1
+        elif c.closed_at:
+            other += 1
+    for c in conns:
+        c.abort()  # abort, not close: no TIME_WAIT left behind on our side
+    await asyncio.sleep(0.05)
+    g1 = resource.getrusage(resource.RUSAGE_SELF)
+    duration = time.monotonic() - t_start
+    res = HoldResult(
+        kind=kind.value, loop=loop_name, clients=clients, connected=len(conns),
+        connect_errors=sorted(set(errors))[:5], source_addresses=len(source_addresses(clients)),
+        interval=interval, timeout=timeout, silent=len(quiet), timed_out=timed_out, missed=missed,
+        false_timeouts=false, other_closes=other, early=early,
+        ticker_late_ms=round(ticker.late * 1000, 1),
+        generator_cpu=round((g1.ru_utime + g1.ru_stime - g0.ru_utime - g0.ru_stime) / duration, 3),
+        duration=round(duration, 1),
+    )
+    if lateness:
+        res.lateness_ms = {k: round(v * 1000, 2) for k, v in (
+            ("min", min(lateness)), ("p50", _pct(lateness, 50)), ("p90", _pct(lateness, 90)),
+            ("p99", _pct(lateness, 99)), ("max", max(lateness)))}
+    if before is not None and s0 is not None and s1 is not None:
+        res.server_cpu = round((s1.cpu - s0.cpu) / measure, 3)
+        res.server_rss_before = before.rss
+        res.server_rss = s1.rss
+        res.server_threads = s1.threads
+        if conns:
+            res.rss_per_client = round((s1.rss - before.rss) / len(conns), 1)
+    return res
+
+
+# --------------------------------------------------------------------------- ingest
+
+@dataclass
+class IngestResult:
+    kind: str
+    loop: str
+    clients: int
+    connected: int
+    messages: int  # per client
+    size: int
+    seq: bool
+    elapsed: float  # seconds from the first write to the last barrier answer
+    rate: float  # messages per second, all clients together
+    mib_per_s: float
+    server_cpu: float | None = None
+    server_rss: int | None = None
+    connect_errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunk(kind: Kind, payload: bytes, count: int, first_seq: int | None) -> bytes:
+    n = len(payload)
+    if kind is Kind.NATS:
+        return (b"PUB bench %d\r\n" % n + payload + b"\r\n") * count
+    if first_seq is None:
+        return (b"MSG %d\n" % n + payload + b"\n") * count
+    return b"".join(b"MSG %d %d\n%s\n" % (n, s, payload) for s in range(first_seq, first_seq + count))
+
+
+async def ingest(host: str, port: int, clients: int, messages: int, size: int, *, seq: bool = False,
+                 kind: Kind = Kind.TCPULSE, server_pid: int | None = None, batch: int = 512,
+                 progress: Progress = _no_progress, loop_name: str = "") -> IngestResult:
+    """Every client sends `messages` of `size` bytes as fast as the server takes them, then a
+    `PING` barrier (with `seq`: waits for the `ACK` of its last one).  The rate counts from the
+    first write to the last barrier answer."""
+    if seq and kind is not Kind.TCPULSE:
+        raise ValueError("--seq needs a tcpulse server (numbered messages and ACK)")
+    raise_open_file_limit(clients + 64)
+    tag = secrets.token_hex(3)
+
+    def hello(i: int) -> bytes:
+        extra = b',"session":"s%s"' % tag.encode() if seq else b""
+        return b'HELLO {"id":"ingest-%s-%d"%s}\n' % (tag.encode(), i, extra)
+
+    conns, errors = await _open_all(host, port, clients, kind, hello, progress, ready_timeout=30.0)
+    if not conns:
+        raise ConnectionError(f"no client could connect: {errors[0] if errors else '?'}")
+    payload = (b"x" * size)
+    plain = _chunk(kind, payload, batch, None) if not seq else b""
+    loop = asyncio.get_running_loop()
+    sent = [0]
+
+    async def push(c: _Conn) -> float:
+        tr = c.transport
+        assert tr is not None
+        c.barrier = loop.create_future()
+        left = messages
+        s = 1
+        while left > 0 and not c.closed_at:
+            k = min(batch, left)
+            data = _chunk(kind, payload, k, s) if seq else (plain if k == batch else _chunk(kind, payload, k, None))
+            tr.write(data)
+            s += k
+            left -= k
+            sent[0] += k
+            if c.paused:
+                c.resume = loop.create_future()
+                await c.resume
+            elif left and (s // batch) % 8 == 0:
+                await asyncio.sleep(0)  # let the other senders and the reader run
+        if seq:
+            c.ack_target = messages
+            if c.acked >= messages and not c.barrier.done():
+                c.barrier.set_result(time.monotonic())
+        else:
+            tr.write(b"PING\r\n" if kind is Kind.NATS else b"PING end\n")
+        return await asyncio.wait_for(c.barrier, 120.0)
+
+    async def report() -> None:
+        total = messages * len(conns)
+        while True:
+            progress("sending", sent[0], total)
+            await asyncio.sleep(0.25)
+
+    s0 = proc_sample(server_pid) if server_pid else None
+    reporter = asyncio.ensure_future(report())
+    t0 = time.monotonic()
+    try:
+        ends = await asyncio.gather(*(push(c) for c in conns))
+    finally:
+        reporter.cancel()
+    t1 = max(ends)
+    s1 = proc_sample(server_pid) if server_pid else None
+    for c in conns:
+        c.abort()
+    elapsed = t1 - t0
+    total = messages * len(conns)
+    res = IngestResult(
+        kind=kind.value, loop=loop_name, clients=clients, connected=len(conns), messages=messages,
+        size=size, seq=seq, elapsed=round(elapsed, 4), rate=round(total / elapsed, 1),
+        mib_per_s=round(total * size / elapsed / (1 << 20), 2), connect_errors=sorted(set(errors))[:5])
+    if s0 is not None and s1 is not None:
+        res.server_cpu = round((s1.cpu - s0.cpu) / elapsed, 3)
+        res.server_rss = s1.rss
+    return res

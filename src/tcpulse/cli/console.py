@@ -1,0 +1,264 @@
+"""The server's console output: a subscriber that turns server events into log lines.
+
+Text lines are timestamped like the original exercise (`[2025-04-10 15:32:44] ...`); with
+`json=True` every event is one JSON object per line (docs/logging.md lists the events).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import IO, Any
+
+from tcpulse.i18n import _
+from tcpulse.i18n.display import escape, iso_ts, local_ts
+from tcpulse.server.events import (
+    Connected,
+    Disconnected,
+    DisconnectReason,
+    HeartbeatReceived,
+    HelloReceived,
+    Listening,
+    MessageReceived,
+    ProtocolErrorOccurred,
+    Recovered,
+    ServerEvent,
+    Status,
+    Suspect,
+    TimedOut,
+    Warning_,
+)
+
+__all__ = ["ConsoleLog"]
+
+
+def _fmt_time(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _reason_text(reason: DisconnectReason, detail: str | None) -> str:
+    if reason is DisconnectReason.BYE:
+        return _("BYE ({reason})").format(reason=escape(detail)) if detail else _("BYE")
+    return {
+        DisconnectReason.EOF: _("EOF without BYE"),
+        DisconnectReason.RESET: _("connection reset"),
+        DisconnectReason.TIMEOUT: _("heartbeat timeout"),
+        DisconnectReason.REPLACED: _("replaced by a newer connection with the same id"),
+        DisconnectReason.ERROR: _("protocol error {detail}").format(detail=detail or ""),
+        DisconnectReason.SHUTDOWN: _("server shutdown"),
+        DisconnectReason.SLOW_CONSUMER: _("slow consumer (it does not read what the server sends)"),
+        DisconnectReason.REFUSED: _("refused: {detail}").format(detail=detail or ""),
+    }.get(reason, reason.value)
+
+
+class ConsoleLog:
+    """Print server events.  `level`: "quiet" (warnings and errors), "normal", "verbose"
+    (also every heartbeat).  Subscribe it with `server.subscribe(log, messages=..., heartbeats=...)`
+    using `log.wants_messages` / `log.wants_heartbeats`."""
+
+    def __init__(self, out: IO[str] | None = None, *, json_format: bool = False,
+                 level: str = "normal", rich_tables: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.json = json_format
+        self.level = level
+        self.wants_messages = level != "quiet"
+        self.wants_heartbeats = level == "verbose"
+        if rich_tables is None:
+            rich_tables = not json_format and self.out.isatty()
+        self.rich_tables = rich_tables
+
+    def __call__(self, ev: ServerEvent) -> None:
+        if self.json:
+            obj = self._json(ev)
+            if obj is not None:
+                self.out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+                self.out.flush()
+            return
+        if isinstance(ev, Status):
+            self._status(ev)
+            return
+        line = self._text(ev)
+        if line is not None:
+            self.out.write(f"[{local_ts()}] {line}\n")
+            self.out.flush()
+
+    # ---------------------------------------------------------------- text
+
+    def _text(self, ev: ServerEvent) -> str | None:
+        quiet = self.level == "quiet"
+        if isinstance(ev, TimedOut):
+            line = _("Disconnected from {client} (heartbeat timeout): silent for {silent:.2f} s, "
+                     "noticed {late:.1f} ms after the deadline").format(
+                client=ev.client.name, silent=ev.silent_for, late=ev.late_by * 1000)
+            # phi is a symbol, not a word: the same in every language (--detector phi).
+            return line if ev.phi is None else f"{line} (phi {ev.phi:.1f})"
+        if isinstance(ev, Suspect):
+            return _("Client {client} is suspect: silent for {silent:.1f} s").format(
+                client=ev.client.name, silent=ev.silent_for)
+        if isinstance(ev, ProtocolErrorOccurred):
+            return _("Protocol error from {client} ({addr}): ERR {code} {text}").format(
+                client=ev.client.name, addr=ev.client.addr, code=ev.code, text=escape(ev.text))
+        if isinstance(ev, Warning_):
+            return _("Warning: {text}").format(text=ev.text)
+        if isinstance(ev, Listening):
+            return (_("Server started, listening on {host}:{port}").format(host=ev.host, port=ev.port)
+                    + "\n" + f"[{local_ts()}] "
+                    + _("Heartbeat threshold: {timeout:g} s (interval {interval:g} s)").format(
+                        timeout=ev.heartbeat_timeout, interval=ev.heartbeat_interval)
+                    + ("" if ev.durable else " " + _("(no store: nothing is kept)")))
+        if quiet:
+            return None
+        if isinstance(ev, Connected):
+            return _("New client connection: {addr}").format(addr=ev.client.addr)
+        if isinstance(ev, HelloReceived):
+            s = _("HELLO from {id} ({addr}): interval {interval:g} s, timeout {timeout:g} s").format(
+                id=ev.client.id, addr=ev.client.addr, interval=ev.heartbeat_interval,
+                timeout=ev.heartbeat_timeout)
+            if ev.session is not None:
+                s += ", " + _("session {session}, acked {acked}").format(session=ev.session, acked=ev.acked)
+            if ev.replaced:
+                s += ", " + _("replacing its older connection")
+            return s
+        if isinstance(ev, MessageReceived):
+            return self._message(ev)
+        if isinstance(ev, HeartbeatReceived):
+            return _("Heartbeat from {client}").format(client=ev.client.name) if self.wants_heartbeats else None
+        if isinstance(ev, Recovered):
+            return _("Client {client} is alive again").format(client=ev.client.name)
+        if isinstance(ev, Disconnected):
+            if ev.reason is DisconnectReason.TIMEOUT:
+                return None  # the TimedOut line said it already
+            if ev.reason in (DisconnectReason.EOF, DisconnectReason.RESET):
+                # Gone without BYE: the original exercise's "客户端 … 异常断开" line.
+                return _("Client {client} ({addr}) disconnected abnormally: {reason}").format(
+                    client=ev.client.name, addr=ev.client.addr, reason=_reason_text(ev.reason, ev.detail))
+            return _("Connection closed: {client} ({addr}): {reason}").format(
+                client=ev.client.name, addr=ev.client.addr, reason=_reason_text(ev.reason, ev.detail))
+        return None
+
+    def _message(self, ev: MessageReceived) -> str:
+        who = ev.client.name
+        if ev.duplicate:
+            return _("Duplicate message #{seq} from {client} (already stored, acknowledged again)").format(
+                seq=ev.seq, client=who)
+        try:
+            body = escape(ev.payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            body = _("<{size} bytes, not UTF-8>").format(size=len(ev.payload))
+        if ev.seq is not None:
+            return _("Message #{seq} from {client}: {text}").format(seq=ev.seq, client=who, text=body)
+        return _("Message from {client}: {text}").format(client=who, text=body)
+
+    def _status(self, ev: Status) -> None:
+        if self.level == "quiet":
+            return
+        title = _("Current client connections:")
+        alive, suspect = _("alive"), _("suspect")
+        # --detector phi: each client's suspicion level (phi is a symbol: not translated).
+        with_phi = any(r.get("phi") is not None for r in ev.rows)
+        if self.rich_tables:
+            from rich.console import Console
+            from rich.table import Table
+            table = Table(title=f"[{local_ts()}] {title} {len(ev.rows)}")
+            for col in (_("client"), _("address"), _("connected at"), _("last heard"), _("heartbeats"),
+                        _("messages"), _("state"), _("RTT")):
+                table.add_column(col)
+            if with_phi:
+                table.add_column("phi", justify="right")
+            for r in ev.rows:
+                st = alive if r["state"] == "alive" else suspect
+                cells = [r["client"], r["addr"], _fmt_time(r["connected_at"]),
+                         f"{r['last_heard_ago']:.1f}s", str(r["heartbeats"]), str(r["messages"]),
+                         f"[green]{st}[/]" if r["state"] == "alive" else f"[yellow]{st}[/]",
+                         "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"]
+                if with_phi:
+                    cells.append("-" if r.get("phi") is None else f"{r['phi']:.1f}")
+                table.add_row(*cells)
+            Console(file=self.out).print(table)
+            return
+        lines = ["=" * 50, f"[{local_ts()}] {title} {len(ev.rows)}"]
+        for r in ev.rows:
+            st = alive if r["state"] == "alive" else suspect
+            rtt = "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"
+            lines.append(_("Client {client} | address {addr} | connected at {at} | last heard {ago:.1f} s ago"
+                           " | heartbeats {hb} | messages {msgs} | state: {state} | RTT {rtt}").format(
+                client=r["client"], addr=r["addr"], at=_fmt_time(r["connected_at"]), ago=r["last_heard_ago"],
+                hb=r["heartbeats"], msgs=r["messages"], state=st, rtt=rtt)
+                + ("" if r.get("phi") is None else f" | phi {r['phi']:.1f}"))
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+    # ---------------------------------------------------------------- json
+
+    def _json(self, ev: ServerEvent) -> dict[str, Any] | None:
+        quiet = self.level == "quiet"
+        d: dict[str, Any] = {"ts": iso_ts()}
+        client = getattr(ev, "client", None)
+
+        def who() -> None:
+            if client is not None:
+                d["client"] = client.name
+                d["addr"] = client.addr
+        if isinstance(ev, Listening):
+            d.update(event="listening", host=ev.host, port=ev.port, heartbeat_interval=ev.heartbeat_interval,
+                     heartbeat_timeout=ev.heartbeat_timeout, durable=ev.durable)
+        elif isinstance(ev, TimedOut):
+            d["event"] = "timeout"
+            who()
+            d.update(silent_for=round(ev.silent_for, 6), late_by=round(ev.late_by, 6))
+            if ev.phi is not None:
+                d["phi"] = round(ev.phi, 3)
+        elif isinstance(ev, Suspect):
+            d["event"] = "suspect"
+            who()
+            d["silent_for"] = round(ev.silent_for, 6)
+        elif isinstance(ev, ProtocolErrorOccurred):
+            d["event"] = "error"
+            who()
+            d.update(code=ev.code, text=ev.text)
+        elif isinstance(ev, Warning_):
+            d.update(event="warning", text=ev.text, **ev.fields)
+        elif quiet:
+            return None
+        elif isinstance(ev, Connected):
+            d["event"] = "connect"
+            who()
+        elif isinstance(ev, HelloReceived):
+            d["event"] = "hello"
+            who()
+            d.update(id=ev.client.id, heartbeat_interval=ev.heartbeat_interval,
+                     heartbeat_timeout=ev.heartbeat_timeout, replaced=ev.replaced)
+            if ev.session is not None:
+                d.update(session=ev.session, acked=ev.acked)
+        elif isinstance(ev, MessageReceived):
+            d["event"] = "message"
+            who()
+            d["size"] = len(ev.payload)
+            if ev.seq is not None:
+                d["seq"] = ev.seq
+            if ev.duplicate:
+                d["duplicate"] = True
+            try:
+                d["text"] = ev.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        elif isinstance(ev, HeartbeatReceived):
+            if not self.wants_heartbeats:
+                return None
+            d["event"] = "heartbeat"
+            who()
+        elif isinstance(ev, Recovered):
+            d["event"] = "alive"
+            who()
+        elif isinstance(ev, Disconnected):
+            d["event"] = "disconnect"
+            who()
+            d["reason"] = ev.reason.value
+            if ev.detail:
+                d["detail"] = ev.detail
+        elif isinstance(ev, Status):
+            d.update(event="status", clients=ev.rows)
+        else:
+            return None
+        return d

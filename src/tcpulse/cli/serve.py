@@ -1,0 +1,177 @@
+"""`tcpulse serve`: run the server, with its console log and the features its flags turn on."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import sys
+from typing import Any
+
+import click
+
+from tcpulse.cli.common import DEFAULT_PORT, _positive, fail, lang_option, run_loop
+from tcpulse.cli.console import ConsoleLog
+from tcpulse.i18n import _
+from tcpulse.server.config import ServerConfig
+from tcpulse.server.server import Server
+from tcpulse.store.base import StoreOpenError
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 picks a free one.")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=float, callback=_positive,
+              help="Seconds between a client's heartbeats.")
+@click.option("--heartbeat-timeout", default=10.0, show_default=True, type=float, callback=_positive,
+              help="Seconds of silence after which a client is dead.")
+@click.option("--min-heartbeat-interval", default=0.1, show_default=True, type=float, callback=_positive,
+              help="Lowest interval a client may ask for in HELLO.")
+@click.option("--max-heartbeat-interval", default=60.0, show_default=True, type=float, callback=_positive,
+              help="Highest interval a client may ask for in HELLO.")
+@click.option("--status-every", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between status tables (0 = off).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--max-payload", default=1 << 20, show_default=True, type=click.IntRange(min=1),
+              help="Largest message payload in bytes.")
+@click.option("--max-line", default=4096, show_default=True, type=click.IntRange(min=64),
+              help="Longest control line in bytes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show every heartbeat.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors.")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
+              show_default=True, help="Event loop: uvloop when installed (auto), or force one.")
+@click.option("--shutdown-grace", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for clients to leave on SIGTERM/SIGINT.")
+# Feature options.  Each feature keeps its options in its own block below, so that the serve
+# command reads as a list of what the server can do.
+# -- store (delivery and history) --
+@click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH|none",
+              help="SQLite file that keeps connections, timeouts and messages (created if missing); "
+                   "'none' keeps nothing, and ACK then means handled, not stored.")
+# -- admin (HTTP API, metrics, dashboard) --
+@click.option("--admin", default=None, metavar="HOST:PORT",
+              help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
+# -- security and limits --
+@click.option("--admin-token", default=None, envvar="TCPULSE_ADMIN_TOKEN", metavar="TOKEN",
+              help="Bearer token every admin endpoint but /healthz requires (env TCPULSE_ADMIN_TOKEN); "
+                   "needed to serve --admin on an address other than loopback.")
+@click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain): serve TLS 1.2+ only.")
+@click.option("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert.")
+@click.option("--tls-client-ca", default=None, metavar="FILE",
+              help="Require client certificates signed by this CA (mutual TLS); the certificate's CN or "
+                   "a SAN must equal the client's HELLO id.")
+@click.option("--auth-file", default=None, metavar="FILE",
+              help="Require a per-client token (made with 'tcpulse token add'); re-read on change or SIGHUP.")
+@click.option("--auth-timeout", default=2.0, show_default=True, type=float, callback=_positive,
+              help="With auth: seconds a new connection has to send HELLO (else ERR 408).")
+@click.option("--max-clients", default=None, type=click.IntRange(min=0),
+              help="Connections beyond this get ERR 503 [default: what the open-file limit allows].")
+@click.option("--max-per-addr", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Connections from one IP address (0 = no cap; clients behind NAT share one).")
+@click.option("--max-frames-per-sec", default=10000.0, show_default=True, type=click.FloatRange(min=0),
+              help="HEARTBEAT/PING/PONG frames per second per connection; beyond: ERR 429, frame dropped (0 = off).")
+@click.option("--max-pings-per-sec", default=1000.0, show_default=True, type=click.FloatRange(min=0),
+              help="PINGs answered per second per connection; beyond: ERR 429, no PONG (0 = off).")
+@click.option("--max-strikes", default=3, show_default=True, type=click.IntRange(min=0),
+              help="ERR 429s (at most one a second) a client may earn before it is closed.")
+@click.option("--max-buffered", default=256 << 20, show_default=True, type=click.IntRange(min=0),
+              help="Bytes of partial frames held across all connections; the client that would pass it gets "
+                   "ERR 503 (0 = off).")
+@click.option("--max-write-buffer", default=None, type=click.IntRange(min=0),
+              help="Bytes queued for a client that does not read before it is closed as a slow consumer "
+                   "[default: 2 x (max payload + max line), at least 1 MiB].")
+@click.option("--max-queued", default=256 << 20, show_default=True, type=click.IntRange(min=0),
+              help="Bytes queued for all clients together; past it the clients with the most unread are "
+                   "closed as slow consumers (0 = off).")
+# -- scale and detection --
+@click.option("--detector", type=click.Choice(["fixed", "phi"]), default="fixed", show_default=True,
+              help="fixed: dead at the timeout. phi: phi accrual from each client's own beat history, dead when "
+                   "phi passes --phi-threshold or at the timeout, whichever is first (docs/detection.md).")
+@click.option("--phi-threshold", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="phi at which a client is dead (8: a live one would be that late once in 10^8).")
+@click.option("--phi-min-std", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Least standard deviation of a client's beat gaps, as a fraction of its interval.")
+@click.option("--phi-acceptable-pause", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Pause a client may take beyond its usual gaps, as a fraction of its interval.")
+@click.option("--phi-window", default=100, show_default=True, type=click.IntRange(2, 10000),
+              help="How many recent beat gaps of each client phi learns from.")
+@lang_option
+def serve(**opts: Any) -> None:
+    """Run the server."""
+    opts.pop("lang")  # in force already (_lang_callback)
+    if opts["verbose"] and opts["quiet"]:
+        fail(_("-v and -q contradict each other: choose one"))
+    quiet, verbose = opts.pop("quiet"), opts["verbose"]
+    grace = opts.pop("shutdown_grace")
+    loop_kind = opts.pop("loop_kind")
+    log_format = opts.pop("log_format")
+    if quiet:
+        opts["status_every"] = 0
+    known = set(ServerConfig.__dataclass_fields__)
+    cfg = ServerConfig(**{k: v for k, v in opts.items() if k in known})
+    extra = {k: v for k, v in opts.items() if k not in known}
+    try:
+        cfg.validate()
+    except ValueError as e:
+        fail(str(e), 2)
+    level = "quiet" if quiet else "verbose" if verbose else "normal"
+    log = ConsoleLog(json_format=log_format == "json", level=level)
+    sys.exit(run_loop(lambda: _serve(cfg, log, grace, extra), loop_kind))
+
+
+async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[str, Any]) -> int:
+    server = Server(cfg)
+    server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
+    # -- feature setup: each feature attaches itself to `server` here, from `extra` --
+    from tcpulse.cli.token import serve_security_setup, serve_security_start
+    serve_security_setup(server)  # TLS certificates, auth file, open-file limit
+    from tcpulse.cli.history import attach_store
+    attach_store(server, extra.get("db"))
+    admin = None
+    if extra.get("admin"):
+        from tcpulse.admin.auth import admin_authorize
+        from tcpulse.cli.status import AdminForServe
+        from tcpulse.cli.token import check_admin_bind
+        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(extra.get("admin_token")))
+        check_admin_bind(admin.admin.host, extra.get("admin_token"))  # no open admin port without a token
+    try:
+        await server.start()
+    except StoreOpenError as e:
+        fail(str(e))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            fail(_("port {port} on {host} is already in use: stop the other server or "
+                   "choose another --port (0 picks a free one)").format(port=cfg.port, host=cfg.host))
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+            fail(_("cannot listen on {host}: it is not an address of this machine (check --host)").format(
+                host=cfg.host))
+        if e.errno == errno.EACCES:
+            fail(_("not allowed to listen on port {port}: use a port above 1023").format(port=cfg.port))
+        fail(_("cannot listen on {host}:{port}: {error}").format(host=cfg.host, port=cfg.port,
+                                                                  error=e.strerror or e))
+    # -- feature start: what runs beside the listening server (admin endpoint, ...) --
+    serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
+    if admin is not None:
+        await admin.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            import os
+            os._exit(130)  # a second signal: out at once
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    await server.close(grace)
+    # -- feature stop --
+    if admin is not None:
+        await admin.close()
+    return 0

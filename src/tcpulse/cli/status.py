@@ -1,0 +1,250 @@
+"""The admin feature's command line: `tcpulse status`, and the glue behind `serve --admin`.
+
+`tcpulse status` reads `/api/server` and `/api/clients` of a running server's admin endpoint with
+the standard library's HTTP client (so it needs no extra), and prints the client table with rich;
+`--watch` redraws it in place.  `AdminForServe` starts the endpoint beside `serve`, turning every
+failure into one line (the admin extra missing, a port in use, a bad address).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from tcpulse.cli.common import fail, lang_option
+from tcpulse.i18n import _
+
+if TYPE_CHECKING:
+    from tcpulse.admin.app import Admin, Authorize
+    from tcpulse.cli.console import ConsoleLog
+    from tcpulse.server.server import Server
+
+__all__ = ["AdminForServe", "status"]
+
+DEFAULT_ADMIN = "127.0.0.1:8222"
+
+
+# --------------------------------------------------------------------------- serve --admin
+
+class AdminForServe:
+    """`serve --admin HOST:PORT`: make it in the feature-setup step (this checks the address and
+    that the admin extra is installed), `await start()` once the server listens, `await close()`
+    when it stops."""
+
+    def __init__(self, server: Server, spec: str, log: ConsoleLog, authorize: Authorize | None = None) -> None:
+        try:
+            from tcpulse.admin.app import Admin, parse_admin_addr
+        except ImportError as e:
+            fail(_("--admin needs the admin extra ({missing} is not installed): "
+                   "pip install 'tcpulse[admin]'").format(missing=e.name or e), 2)
+        try:
+            host, port = parse_admin_addr(spec)
+        except ValueError as e:
+            fail(_("--admin {spec}").format(spec=e), 2)
+        self.log = log
+        self.admin: Admin = Admin(server, host, port, authorize=authorize)
+
+    async def start(self) -> None:
+        import errno
+        a = self.admin
+        try:
+            await a.start()
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                fail(_("admin port {port} on {host} is already in use: choose another --admin HOST:PORT "
+                       "(port 0 picks a free one)").format(port=a.port, host=a.host))
+            fail(_("cannot serve the admin endpoint on {host}:{port}: {error} (check --admin)").format(
+                host=a.host, port=a.port, error=e.strerror or e))
+        if self.log.json:
+            from tcpulse.i18n.display import iso_ts
+            line = json.dumps({"ts": iso_ts(), "event": "admin", "url": a.url}, separators=(",", ":"))
+            self.log.out.write(line + "\n")
+        elif self.log.level != "quiet":
+            ts = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            self.log.out.write(f"[{ts}] " + _("Admin API and dashboard: {url}").format(url=a.url) + "\n")
+        self.log.out.flush()
+
+    async def close(self) -> None:
+        await self.admin.close()
+
+
+# --------------------------------------------------------------------------- status
+
+class AdminError(Exception):
+    """One line saying what went wrong with the admin API and what to do."""
+
+
+def base_url(spec: str) -> str:
+    """`127.0.0.1:8222` or `http://host:8222/...` -> `http://host:8222` (no trailing slash)."""
+    spec = spec.strip()
+    if "://" not in spec:
+        spec = "http://" + spec
+    u = urllib.parse.urlsplit(spec)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise AdminError(_("--admin {spec}: expected HOST:PORT or an http:// URL").format(spec=spec))
+    return f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}"
+
+
+def _opener(base: str) -> urllib.request.OpenerDirector:
+    """An HTTP client that goes straight to a loopback admin endpoint (the default), whatever
+    `http_proxy` says: a proxy cannot reach this machine's 127.0.0.1."""
+    host = urllib.parse.urlsplit(base).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
+
+
+def fetch(base: str, path: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
+    """GET `base + path` as JSON.  Raises AdminError with a line fit for the user."""
+    req = urllib.request.Request(base + path, headers={"Accept": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _opener(base).open(req, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise AdminError(_("the admin API at {url} wants a token: pass --token or set "
+                               "TCPULSE_ADMIN_TOKEN").format(url=base)) from None
+        detail = ""
+        try:
+            detail = json.loads(e.read()).get("error", "")
+        except (ValueError, AttributeError, OSError):
+            pass
+        raise AdminError(_("the admin API at {url} answered {code}: {detail}").format(
+            url=base, code=e.code, detail=detail or e.reason)) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise AdminError(_("cannot reach the admin API at {url} ({reason}): is the server running with "
+                           "--admin? Pass its address with --admin HOST:PORT").format(
+                               url=base, reason=reason)) from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise AdminError(_("{url} did not answer with JSON: is it a tcpulse admin endpoint?").format(
+            url=base + path)) from None
+    if not isinstance(data, dict):
+        raise AdminError(_("{url} did not answer with JSON: is it a tcpulse admin endpoint?").format(url=base + path))
+    return data
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _when(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso
+
+
+def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
+    """A rich Table of the client list (the status table the server's log prints, from afar)."""
+    from rich.table import Table
+    counts = server.get("clients", {})
+    title = _("{server_id}: {n} client(s), {alive} alive, {suspect} suspect, up {uptime:.0f} s").format(
+        server_id=server.get("server_id", "?"), n=counts.get("total", 0), alive=counts.get("alive", 0),
+        suspect=counts.get("suspect", 0), uptime=server.get("uptime", 0))
+    table = Table(title=title, title_justify="left")
+    for col, right in ((_("client"), False), (_("address"), False), (_("state"), False), (_("idle"), True),
+                       (_("connected at"), False), (_("heartbeats"), True), (_("messages"), True),
+                       (_("in"), True), (_("out"), True), (_("RTT"), True), (_("interval/timeout"), True)):
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    names = {"alive": _("alive"), "suspect": _("suspect"), "dead": _("closing")}
+    colors = {"alive": "green", "suspect": "yellow", "dead": "red"}
+    for r in clients.get("clients", []):
+        st = r["state"]
+        table.add_row(
+            r["name"], r["addr"], f"[{colors.get(st, 'white')}]{names.get(st, st)}[/]", f"{r['idle']:.1f} s",
+            _when(r["connected_at"]), str(r["heartbeats"]), str(r["messages"]), _fmt_bytes(r["bytes_in"]),
+            _fmt_bytes(r["bytes_out"]), "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.2f} ms",
+            f"{r['heartbeat_interval']:g}/{r['heartbeat_timeout']:g} s")
+    shown, total = clients.get("num_clients", 0), clients.get("total", 0)
+    if shown < total:
+        table.caption = _("showing {shown} of {total}: use --limit and --offset").format(shown=shown, total=total)
+    return table
+
+
+@click.command()
+@click.option("--admin", "admin", default=DEFAULT_ADMIN, show_default=True, envvar="TCPULSE_ADMIN",
+              metavar="HOST:PORT|URL", help="The server's admin endpoint (serve --admin).")
+@click.option("--json", "as_json", is_flag=True, help="Print the /api/clients JSON instead of a table.")
+@click.option("--watch", is_flag=True, help="Keep refreshing the table in place (Ctrl-C stops).")
+@click.option("--every", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between refreshes with --watch.")
+@click.option("--state", default=None, metavar="alive|suspect[,...]", help="Only clients in these states.")
+@click.option("--sort", default="cid", show_default=True,
+              help="cid, id, addr, connected, uptime, idle, last, state, heartbeats, messages, bytes_in, "
+                   "bytes_out, rtt.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--token", default=None, envvar="TCPULSE_ADMIN_TOKEN", help="Bearer token of the admin API.")
+@lang_option
+def status(admin: str, as_json: bool, watch: bool, every: float, state: str | None, sort: str, limit: int,
+           offset: int, token: str | None, lang: str | None) -> None:
+    """Show the clients of a running server (from its admin endpoint)."""
+    try:
+        base = base_url(admin)
+    except AdminError as e:
+        fail(str(e), 2)
+    params = {"sort": sort, "limit": str(limit), "offset": str(offset)}
+    if state:
+        params["state"] = state
+    path = "/api/clients?" + urllib.parse.urlencode(params)
+
+    def once() -> tuple[dict[str, Any], dict[str, Any]]:
+        return fetch(base, "/api/server", token), fetch(base, path, token)
+
+    try:
+        srv, clients = once()
+    except AdminError as e:
+        fail(str(e))
+    if as_json:
+        _print_json(clients)
+        while watch:
+            try:
+                time.sleep(every)
+                _print_json(once()[1])
+            except AdminError as e:
+                fail(str(e))
+            except KeyboardInterrupt:
+                return
+        return
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if not watch:
+        console.print(render_table(srv, clients))
+        return
+    from rich.live import Live
+    try:
+        with Live(render_table(srv, clients), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(every)
+                try:
+                    srv, clients = once()
+                    live.update(render_table(srv, clients), refresh=True)
+                except AdminError as e:
+                    # Keep watching: the server may be restarting.  Say so in place of the table.
+                    live.update(f"[red]{e}[/]", refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False))

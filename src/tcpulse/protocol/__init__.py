@@ -1,0 +1,7 @@
+"""The wire protocol, sans I/O (PROTOCOL.md): one frozen dataclass per verb (`events`), the
+`Connection` that turns bytes into events and events into bytes (`connection`), and the protocol's
+errors (`errors`).
+
+Imports nothing of tcpulse outside this package, and no asyncio, socket, sqlite3, time or
+gettext: no clock, no network, no language (tests/test_architecture.py checks it).
+"""

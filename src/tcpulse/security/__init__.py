@@ -1,0 +1,4 @@
+"""TLS contexts and certificate identities (`tls`), per-client tokens and the auth file (`tokens`).
+
+May import `protocol` only.
+"""

@@ -1,0 +1,138 @@
+"""The server's settings (`ServerConfig`) and the limits derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpulse.i18n import _
+from tcpulse.policy.liveness import PhiSettings
+from tcpulse.protocol.connection import DEFAULT_MAX_LINE, DEFAULT_MAX_PAYLOAD
+
+__all__ = [
+    "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_MAX_QUEUED",
+    "FD_RESERVE",
+    "ServerConfig",
+    "validate_limits",
+    "write_buffer_cap",
+]
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 12345
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 10.0
+    min_heartbeat_interval: float = 0.1
+    max_heartbeat_interval: float = 60.0
+    max_line: int = DEFAULT_MAX_LINE
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    status_every: float = 3.0
+    verbose: bool = False
+    server_id: str | None = None
+    backlog: int = 4096
+    # -- security and limits (docs/security.md; 0 turns a limit off) --
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_file: str | None = None
+    auth_timeout: float = 2.0
+    max_clients: int | None = None  # None: as many as the open-file limit allows
+    max_per_addr: int = 0
+    max_frames_per_sec: float = 10000.0
+    max_pings_per_sec: float = 1000.0
+    max_strikes: int = 3
+    max_buffered: int | None = None  # None: security.DEFAULT_MAX_BUFFERED
+    max_queued: int | None = None  # None: security.DEFAULT_MAX_QUEUED
+    max_write_buffer: int | None = None  # None: 2 x (max_payload + max_line), at least 1 MiB
+    #: "fixed": dead at the timeout; "phi": phi accrual, dead when phi passes the threshold or
+    #: at the timeout, whichever is first, never before 1.5 intervals (docs/detection.md).
+    detector: str = "fixed"
+    phi_threshold: float = 8.0
+    phi_min_std: float = 0.1  # x the client's interval
+    phi_acceptable_pause: float = 1.0  # x the client's interval
+    phi_window: int = 100
+
+    def phi_settings(self) -> PhiSettings | None:
+        """The phi detector's settings, None with the fixed detector.  Raises ValueError."""
+        if self.detector == "fixed":
+            return None
+        if self.detector != "phi":
+            raise ValueError(_("--detector must be fixed or phi (got {value})").format(value=repr(self.detector)))
+        return PhiSettings(threshold=self.phi_threshold, min_std=self.phi_min_std,
+                           acceptable_pause=self.phi_acceptable_pause, window=self.phi_window)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad setting and what would be right."""
+        def pos(name: str) -> None:
+            v = getattr(self, name)
+            if not v > 0:
+                raise ValueError(_("{option} must be greater than 0 (got {value})").format(
+                    option="--" + name.replace("_", "-"), value=v))
+        for name in ("heartbeat_interval", "heartbeat_timeout", "min_heartbeat_interval",
+                     "max_heartbeat_interval", "max_line", "max_payload"):
+            pos(name)
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(_("--heartbeat-timeout must be longer than --heartbeat-interval "
+                               "(got {timeout} <= {interval})").format(timeout=self.heartbeat_timeout,
+                                                                       interval=self.heartbeat_interval))
+        if self.min_heartbeat_interval > self.max_heartbeat_interval:
+            raise ValueError(_("--min-heartbeat-interval must not exceed --max-heartbeat-interval"))
+        if not 0 <= self.port <= 65535:
+            raise ValueError(_("--port must be 0-65535 (got {port})").format(port=self.port))
+        if self.status_every < 0:
+            raise ValueError(_("--status-every must be 0 (off) or a number of seconds"))
+        if self.max_line < 64:
+            raise ValueError(_("--max-line must be at least 64 bytes (HELLO must fit)"))
+        self.phi_settings()
+        validate_limits(self)
+
+
+#: File descriptors kept back from clients: listening sockets, the store, the admin endpoint,
+#: stdio, and connections that are refused (they linger a moment to receive their ERR 503).
+FD_RESERVE = 100
+
+
+#: Default global budget for bytes of partial frames held across all connections.  20,000
+#: clients each holding half of a 1 MiB payload would be 10 GiB; with this budget the server
+#: holds at most 256 MiB of them and refuses the client that would go past it (ERR 503).
+DEFAULT_MAX_BUFFERED = 256 << 20
+
+
+#: Default global budget for bytes queued to clients (not yet taken by their sockets), across
+#: all connections.  The per-connection cap alone would let 20,000 clients that do not read pin
+#: 20,000 x 2 MiB = 40 GiB; past this budget the client with the most queued is closed.
+DEFAULT_MAX_QUEUED = 256 << 20
+
+
+def validate_limits(cfg: ServerConfig) -> None:
+    """Raise ValueError naming the bad security or limit setting (called by `ServerConfig.validate`)."""
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ValueError(_("--tls-cert and --tls-key go together: give both, or neither"))
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ValueError(_("--tls-client-ca needs TLS: add --tls-cert and --tls-key"))
+    if not cfg.auth_timeout > 0:
+        raise ValueError(_("{option} must be greater than 0 (got {value})").format(option="--auth-timeout",
+                                                                                   value=cfg.auth_timeout))
+    for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
+                 "max_strikes", "max_buffered", "max_write_buffer", "max_queued"):
+        v = getattr(cfg, name)
+        if v is not None and v < 0:
+            raise ValueError(_("{option} must be 0 (off) or more (got {value})").format(
+                option="--" + name.replace("_", "-"), value=v))
+    wb = cfg.max_write_buffer
+    if wb is not None and 0 < wb < cfg.max_payload + cfg.max_line + 64:
+        raise ValueError(_("--max-write-buffer {value} cannot hold one message: make it at least "
+                           "--max-payload + --max-line + 64 ({least})").format(
+            value=wb, least=cfg.max_payload + cfg.max_line + 64))
+
+
+def write_buffer_cap(cfg: ServerConfig) -> int:
+    """Bytes the server queues for a client that does not read, before it closes it."""
+    if cfg.max_write_buffer == 0:
+        return 1 << 62  # off: never taken for a slow consumer (memory is then unbounded)
+    if cfg.max_write_buffer is not None:
+        return cfg.max_write_buffer
+    # Room for two maximal messages: a broadcast of a big payload must not look like a stall.
+    return max(1 << 20, 2 * (cfg.max_payload + cfg.max_line))

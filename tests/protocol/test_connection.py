@@ -1,0 +1,332 @@
+"""Tier 1: the sans-I/O core, bytes to events.  No sockets, no event loop, no clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpulse import Ack, Bye, Connection, Err, ErrorCode, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong, Role
+from tcpulse.protocol.connection import PRE_INFO_CAP
+
+INFO = Info(server_id="s1", version="1.0.0", heartbeat_interval=5.0, heartbeat_timeout=10.0,
+            auth_required=False, durable=False, max_line=4096, max_payload=1 << 20)
+
+
+def server(**kw: int) -> Connection:
+    c = Connection(Role.SERVER, **kw)
+    c.send(INFO)
+    c.data_to_send()
+    return c
+
+
+def hello_ok(c: Connection, hello: bytes = b'HELLO {"id":"a","session":"s"}\n', acked: int = 0) -> None:
+    evs = c.receive_data(hello)
+    assert isinstance(evs[-1], Hello)
+    c.send(Ok(id=evs[-1].id, heartbeat_interval=5, heartbeat_timeout=10, acked=acked))
+    c.data_to_send()
+
+
+def tr(make: object, data: bytes, expected: list[object]) -> Connection:
+    """h11's tr(): the same bytes fed whole, one byte at a time, and with more data behind."""
+    results = []
+    for chunks in ([data], [data[i:i + 1] for i in range(len(data))]):
+        c = make()  # type: ignore[operator]
+        evs: list[object] = []
+        for ch in chunks:
+            evs += c.receive_data(ch)
+        assert c.error is None, c.error
+        assert evs == expected
+        results.append(c)
+    # Followed by more data: the frame still parses, and the extra is held for later.
+    c = make()  # type: ignore[operator]
+    assert c.receive_data(data + b"MSG 3\nab") == expected
+    assert c.error is None
+    return results[0]
+
+
+# ------------------------------------------------------------------------------ framing
+
+def test_msg_whole_bytewise_and_followed() -> None:
+    tr(server, b"MSG 5\nhello\n", [Msg(payload=b"hello")])
+
+
+def test_msg_crlf_line_endings() -> None:
+    tr(server, b"MSG 5\r\nhello\r\n", [Msg(payload=b"hello")])
+
+
+def test_payload_may_hold_anything_including_heartbeat_and_newlines() -> None:
+    body = b"HEARTBEAT\nMSG 3\n\x00\xff\r"
+    tr(server, b"MSG %d\n" % len(body) + body + b"\n", [Msg(payload=body)])
+
+
+def test_heartbeat_then_message_is_two_frames_not_HEARTBEAThello() -> None:
+    # The seed's bug: "HEARTBEAT" and the next message merged in one read.
+    c = server()
+    assert c.receive_data(b"HEARTBEAThello") == []  # no LF yet: nothing complete, nothing wrong
+    assert c.error is None
+    tr(server, b"HEARTBEAT\nMSG 5\nhello\n", [Heartbeat(), Msg(payload=b"hello")])
+
+
+def test_utf8_character_split_across_reads() -> None:
+    text = "心跳".encode()
+    data = b"MSG %d\n" % len(text) + text + b"\n"
+    c = server()
+    evs = c.receive_data(data[:8]) + c.receive_data(data[8:])
+    assert evs == [Msg(payload=text)]
+    assert evs[0].payload.decode() == "心跳"  # type: ignore[union-attr]
+
+
+def test_many_frames_in_one_read() -> None:
+    data = b"HEARTBEAT\n" * 3 + b"PING a\nPONG b\nMSG 0\n\n"
+    c = tr(server, data, [Heartbeat()] * 3 + [Ping(ctx="a"), Pong(ctx="b"), Msg(payload=b"")])
+    assert c.data_to_send() == b"PONG a\n"
+
+
+def test_empty_line_is_skipped() -> None:
+    tr(server, b"\nHEARTBEAT\n\r\n", [Heartbeat()])
+
+
+def test_numbered_message_after_hello() -> None:
+    c = server()
+    hello_ok(c)
+    assert c.receive_data(b"MSG 2 1\nhi\nMSG 2 2\nho\n") == [Msg(payload=b"hi", seq=1), Msg(payload=b"ho", seq=2)]
+    assert c.error is None
+
+
+def test_parser_holds_bytes_after_hello_until_ok() -> None:
+    c = server()
+    evs = c.receive_data(b'HELLO {"id":"a","session":"s"}\nMSG 1 3\nx\n')
+    assert evs == [Hello(id="a", session="s")]
+    assert c.paused
+    assert c.receive_data(b"") == []  # still paused: OK not sent yet
+    c.send(Ok(id="a", heartbeat_interval=5, heartbeat_timeout=10, acked=2))
+    assert c.data_to_send().startswith(b"OK ")
+    assert c.receive_data(b"") == [Msg(payload=b"x", seq=3)]
+
+
+# ------------------------------------------------------------------------------ errors
+
+@pytest.mark.parametrize(("data", "code"), [
+    (b"NOPE\n", ErrorCode.BAD_FRAME),
+    (b"heartbeat\n", ErrorCode.BAD_FRAME),  # verbs are case-sensitive
+    (b"HEARTBEAT x\n", ErrorCode.BAD_FRAME),
+    (b"MSG -1\n", ErrorCode.BAD_FRAME),
+    (b"MSG +1\n", ErrorCode.BAD_FRAME),
+    (b"MSG 01\nx\n", ErrorCode.BAD_FRAME),
+    (b"MSG x\n", ErrorCode.BAD_FRAME),
+    (b"MSG  1\n", ErrorCode.BAD_FRAME),  # exactly one space
+    (b"MSG 1\nxy", ErrorCode.BAD_FRAME),  # payload not followed by LF
+    (b"MSG 1 1\nx\n", ErrorCode.BAD_FRAME),  # seq without a session
+    (b"ACK 1\n", ErrorCode.BAD_FRAME),  # wrong direction
+    (b"INFO {}\n", ErrorCode.BAD_FRAME),
+    (b"PING " + b"x" * 33 + b"\n", ErrorCode.BAD_FRAME),
+    (b"PING a b\n", ErrorCode.BAD_FRAME),
+    (b"HELLO {bad json\n", ErrorCode.BAD_FRAME),
+    (b"HELLO []\n", ErrorCode.BAD_FRAME),
+    (b'HELLO {"id":"a:b"}\n', ErrorCode.BAD_FRAME),  # ':' would look like an address
+    (b'HELLO {"id":"a","session":null}\n', ErrorCode.BAD_FRAME),
+    (b'HELLO {"id":"a","heartbeat_interval":true}\n', ErrorCode.BAD_FRAME),
+    (b'HELLO {"id":"a","heartbeat_interval":NaN}\n', ErrorCode.BAD_FRAME),
+    (b'HELLO {"id":"a","heartbeat_interval":-1}\n', ErrorCode.BAD_FRAME),
+    (b"HELLO " + b"[" * 3000 + b"\n", ErrorCode.BAD_FRAME),  # deeply nested JSON
+    (b"HEARTBEAT\nHELLO {\"id\":\"a\"}\n", ErrorCode.BAD_FRAME),  # HELLO not first
+    (b"MSG 2000000\n", ErrorCode.TOO_LARGE),
+    (b"X" * 5000, ErrorCode.TOO_LARGE),  # rejected before the LF arrives
+    (b"PING " + b"a" * 5000 + b"\n", ErrorCode.TOO_LARGE),
+])
+def test_bad_frames_get_err_and_close(data: bytes, code: ErrorCode) -> None:
+    c = server()
+    c.receive_data(data)
+    assert c.error is not None and c.error.code == code
+    out = c.data_to_send()
+    assert out.startswith(b"ERR %d " % code) and out.endswith(b"\n")
+    assert c.closed
+    # Nothing more is parsed, and BYE never follows ERR.
+    assert c.receive_data(b"HEARTBEAT\n") == []
+    c.send(Bye(reason="shutdown"))
+    assert c.data_to_send() == b""
+
+
+def test_hello_twice_is_bad() -> None:
+    c = server()
+    hello_ok(c, b'HELLO {"id":"a"}\n')
+    c.receive_data(b'HELLO {"id":"a"}\n')
+    assert c.error is not None and "twice" in c.error.text
+
+
+def test_seq_that_skips_ahead_is_bad_and_duplicates_pass() -> None:
+    c = server()
+    hello_ok(c, acked=5)
+    # At or below acked: duplicates, handed up (the server re-acknowledges them).
+    assert c.receive_data(b"MSG 1 4\na\nMSG 1 6\nb\n") == [Msg(payload=b"a", seq=4), Msg(payload=b"b", seq=6)]
+    c.receive_data(b"MSG 1 8\nc\n")
+    assert c.error is not None and "skips ahead" in c.error.text
+
+
+def test_seq_bounds() -> None:
+    c = server()
+    hello_ok(c)
+    c.receive_data(b"MSG 1 0\nx\n")
+    assert c.error is not None
+    c = server()
+    hello_ok(c, acked=(1 << 63) - 1)
+    c.receive_data(b"MSG 1 %d\nx\n" % (1 << 63))
+    assert c.error is not None
+
+
+def test_auth_required_first_frame_must_be_hello() -> None:
+    c = Connection(Role.SERVER)
+    c.send(Info(server_id="s", version="1", heartbeat_interval=5, heartbeat_timeout=10, auth_required=True,
+                durable=False, max_line=4096, max_payload=1024))
+    c.data_to_send()
+    c.receive_data(b"PING x\n")
+    assert c.error is not None and c.error.code == ErrorCode.UNAUTHORIZED
+
+
+def test_line_cap_counts_without_line_ending() -> None:
+    line = b"PING " + b"a" * 27  # 32 bytes
+    c = server(max_line=64)
+    assert c.receive_data(line.ljust(64, b"a")[:32] + b"\r\n")  # fine
+    c = server(max_line=64)
+    c.receive_data(b"X" * 64 + b"\r")  # 64 bytes + CR: could still be a 64-byte line
+    assert c.error is None
+    c.receive_data(b"\n")
+    assert c.error is not None and c.error.code == ErrorCode.BAD_FRAME  # unknown verb, not too long
+    c = server(max_line=64)
+    c.receive_data(b"X" * 66)
+    assert c.error is not None and c.error.code == ErrorCode.TOO_LARGE
+
+
+def test_payload_cap() -> None:
+    c = server(max_payload=10)
+    assert c.receive_data(b"MSG 10\n0123456789\n") == [Msg(payload=b"0123456789")]
+    c.receive_data(b"MSG 11\n")
+    assert c.error is not None and c.error.code == ErrorCode.TOO_LARGE
+
+
+def test_large_payload_in_many_reads_is_linear() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    data = b"MSG %d\n" % len(body) + body + b"\n"
+    c = server()
+    evs = []
+    for i in range(0, len(data), 65536):
+        evs += c.receive_data(data[i:i + 65536])
+    assert evs == [Msg(payload=body)]
+
+
+# ------------------------------------------------------------------------------ client role
+
+def client() -> Connection:
+    return Connection(Role.CLIENT)
+
+
+def test_client_reads_info_and_adopts_caps() -> None:
+    c = client()
+    assert c.max_line == PRE_INFO_CAP
+    data = b"INFO " + json.dumps(INFO.to_json()).encode() + b"\n"
+    assert c.receive_data(data) == [INFO]
+    assert c.max_line == 4096 and c.max_payload == 1 << 20
+
+
+def test_client_accepts_err_instead_of_info() -> None:
+    c = client()
+    assert c.receive_data(b"ERR 503 server full\n") == [Err(code=503, text="server full")]
+
+
+def test_client_rejects_frames_before_info_and_server_seq() -> None:
+    c = client()
+    c.receive_data(b"ACK 1\n")
+    assert c.error is not None and c.data_to_send() == b""  # a client sends no ERR
+    c = client()
+    c.receive_data(b"INFO {}\nMSG 1 1\nx\n")
+    assert c.error is not None
+
+
+def test_client_full_exchange() -> None:
+    c = client()
+    c.receive_data(b"INFO {}\n")
+    c.send(Hello(id="a", session="s", heartbeat_interval=5))
+    assert c.data_to_send() == b'HELLO {"id":"a","session":"s","heartbeat_interval":5}\n'
+    evs = c.receive_data(b'OK {"id":"a","heartbeat_interval":5.0,"heartbeat_timeout":10.0,"acked":0}\n'
+                         b"ACK 3\nMSG 2\nhi\nPING z\nBYE shutdown\n")
+    assert evs == [Ok(id="a", heartbeat_interval=5.0, heartbeat_timeout=10.0, acked=0), Ack(seq=3),
+                   Msg(payload=b"hi"), Ping(ctx="z"), Bye(reason="shutdown")]
+    assert c.data_to_send() == b"PONG z\n"
+    c2 = client()
+    c2.receive_data(b"INFO {}\n")
+    c2.send(Hello(id="a", session="s"))
+    c2.send(Msg(payload=b"xy", seq=1))
+    c2.send(Heartbeat())
+    assert c2.data_to_send().endswith(b"MSG 2 1\nxy\nHEARTBEAT\n")
+
+
+def test_send_direction_checks() -> None:
+    c = server()
+    with pytest.raises(ValueError):
+        c.send(Heartbeat())
+    with pytest.raises(ValueError):
+        c.send(Msg(payload=b"x", seq=1))
+    cl = client()
+    with pytest.raises(ValueError):
+        cl.send(Ack(seq=1))
+    with pytest.raises(ValueError):
+        cl.send(Msg(payload=b"x", seq=1))  # no HELLO with a session
+
+
+def test_event_validation() -> None:
+    with pytest.raises(ValueError):
+        Hello(id="bad id")
+    with pytest.raises(ValueError):
+        Hello(id="a", heartbeat_interval=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Ping(ctx="has space")
+    with pytest.raises(ValueError):
+        Err(code=400, text="two\nlines")
+    with pytest.raises(ValueError):
+        Ack(seq=1 << 63)
+
+
+# ------------------------------------------------------------------------------ properties
+
+FRAMES = st.lists(st.one_of(
+    st.just(b"HEARTBEAT\n"),
+    st.binary(max_size=40).map(lambda b: b"MSG %d\n" % len(b) + b + b"\n"),
+    st.binary(max_size=40).map(lambda b: b"MSG %d\r\n" % len(b) + b + b"\r\n"),
+    st.from_regex(rb"\A[!-~]{1,32}\Z").map(lambda c: b"PING " + c + b"\n"),
+    st.from_regex(rb"\A[!-~]{1,32}\Z").map(lambda c: b"PONG " + c + b"\n"),
+    st.just(b"PING\n"),
+), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(FRAMES, st.lists(st.integers(min_value=0, max_value=2000), max_size=12))
+def test_any_split_gives_the_same_events(frames: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(frames)
+    whole = server()
+    expected = whole.receive_data(data)
+    assert whole.error is None
+    assert len(expected) == len(frames)
+    points = sorted({min(c, len(data)) for c in cuts})
+    c = server()
+    got = []
+    prev = 0
+    for p in [*points, len(data)]:
+        got += c.receive_data(data[prev:p])
+        prev = p
+    assert got == expected
+    assert c.data_to_send() == whole.data_to_send()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from([Role.SERVER, Role.CLIENT]))
+def test_any_bytes_give_events_or_a_protocol_error(data: bytes, role: Role) -> None:
+    c = server(max_line=128, max_payload=256) if role is Role.SERVER else Connection(role)
+    for i in range(0, len(data), 7):
+        c.receive_data(data[i:i + 7])  # must never raise
+    if c.error is not None:
+        assert c.closed
+    # Never buffers past the caps.
+    assert len(c._pending) <= c.max_line + 1 + 7 or c.paused
