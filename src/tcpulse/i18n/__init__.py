@@ -1,7 +1,11 @@
 """Translations of user-facing text (gettext).  English is the source language and the default.
 
 `set_language("zh")` (or a `zh_*` locale in LANG / LC_ALL / LC_MESSAGES) switches every string
-that goes through `_()` to the catalog compiled into the package (`locale/<lang>/LC_MESSAGES`).
+that goes through `_()` to the catalog compiled into the package (`locale/<lang>/LC_MESSAGES`);
+`display` formats timestamps and escapes what clients sent, for people to read.
+
+Used only by the edges (`cli`, `admin`, `bench`): the library below them speaks English and codes.
+Imports nothing of tcpulse.
 """
 
 from __future__ import annotations
