@@ -9,12 +9,15 @@ from tcpulse.protocol.connection import Connection, Role
 from tcpulse.protocol.errors import ErrorCode, ProtocolError
 from tcpulse.protocol.events import Ack, Bye, Err, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
 from tcpulse.server.config import ServerConfig
-from tcpulse.server.connection import ClientInfo
 from tcpulse.server.server import Server
+from tcpulse.server.view import ClientView
 from tcpulse.version import __version__
 
+#: The name of `ClientView` in earlier versions, kept so that programs written for them still run.
+ClientInfo = ClientView
+
 __all__ = [
-    "Ack", "Bye", "Client", "ClientEvent", "ClientInfo", "ConnectError", "Connection", "Err",
+    "Ack", "Bye", "Client", "ClientEvent", "ClientInfo", "ClientView", "ConnectError", "Connection", "Err",
     "ErrorCode", "Event", "Heartbeat", "Hello", "Info", "Msg", "Ok", "Ping", "Pong",
     "ProtocolError", "Role", "Server", "ServerConfig", "ServerError", "__version__", "connect",
 ]

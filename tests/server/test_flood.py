@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tcpulse.server.connection import MAX_LINGERING
+from tcpulse.server.hub import MAX_LINGERING
 from tcpulse.server.server import Server
 from tests.conftest import RawClient, tcpulse_cmd
 
@@ -51,7 +51,7 @@ async def test_lingering_sockets_are_capped(start_server: Any) -> None:
     async def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, srv._lingering)
+            peak = max(peak, srv.lingering)
             await asyncio.sleep(0)
     sampler = asyncio.create_task(sample())
     firsts = await _flood(srv.port, 4 * MAX_LINGERING, hold=0.5)
@@ -60,7 +60,7 @@ async def test_lingering_sockets_are_capped(start_server: Any) -> None:
     assert firsts == [b"ERR 503 server full, try again later\n"] * (4 * MAX_LINGERING)
     assert peak == MAX_LINGERING  # the cap was reached, and held
     await asyncio.sleep(0.4)
-    assert srv._lingering == 0
+    assert srv.lingering == 0
     await held.send(b"PING still\n")
     assert await held.expect(b"PONG") == b"PONG still"
 

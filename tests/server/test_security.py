@@ -25,7 +25,7 @@ from tcpulse.admin.auth import admin_bind_error, admin_token_ok
 from tcpulse.client.client import Client
 from tcpulse.client.errors import ConnectError, ServerError
 from tcpulse.policy.ratelimit import FailureDelay, FrameRate, TokenBucket
-from tcpulse.security.tls import client_ssl_context, peer_identities
+from tcpulse.security.tls import client_ssl_context
 from tcpulse.security.tokens import AuthFile, AuthFileError, token_digest
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.events import Warning_
@@ -409,7 +409,7 @@ async def test_mtls_with_matching_client_cert(start_server: Any, pki: dict[str, 
         assert c.info is not None and c.info.auth_required
         assert c.ok is not None and c.ok.id == "sensor-7"
         ci = srv.client("sensor-7")
-        assert ci is not None and peer_identities(ci.transport) == {"sensor-7"}
+        assert ci is not None and ci.identities == {"sensor-7"}
 
 
 async def test_mtls_without_client_cert_is_refused(start_server: Any, pki: dict[str, Any]) -> None:

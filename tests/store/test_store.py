@@ -118,7 +118,7 @@ async def test_takeover_commits_old_messages_before_new_ok(start_server: Any, tm
     old = await RawClient.open(srv.port)
     await old.hello("twin", session="s")
     await old.send(msgs(1, 300))
-    await wait_for(lambda: srv.client("twin") is not None and srv.client("twin").high == 300)
+    await wait_for(lambda: srv.client("twin") is not None and srv.client("twin").acked == 300)
     assert srv.store._high.get(("twin", "s"), 0) < 300  # really not committed yet
     new = await RawClient.open(srv.port)
     ok = await new.hello("twin", session="s")
@@ -139,7 +139,7 @@ async def test_resend_of_messages_still_in_flight_is_stored_once(start_server: A
     first = await RawClient.open(srv.port)
     await first.hello("again", session="s")
     await first.send(msgs(1, 50))
-    await wait_for(lambda: srv.client("again") is not None and srv.client("again").high == 50)
+    await wait_for(lambda: srv.client("again") is not None and srv.client("again").acked == 50)
     first.close()
     await wait_for(lambda: srv.client("again") is None)
     second = await RawClient.open(srv.port)

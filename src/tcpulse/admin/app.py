@@ -29,9 +29,9 @@ from aiohttp import web
 from tcpulse.admin.feed import Feed, client_row
 from tcpulse.admin.metrics import AdminStats, live_totals, state_counts
 from tcpulse.i18n.display import iso_ts
-from tcpulse.server.connection import ClientInfo, format_addr
 from tcpulse.server.events import ServerEvent
 from tcpulse.server.server import Server
+from tcpulse.server.view import ClientView, format_addr
 from tcpulse.version import __version__
 
 __all__ = ["DEFAULT_ADMIN_PORT", "Admin", "Authorize", "parse_admin_addr"]
@@ -50,7 +50,7 @@ _STATES = ("alive", "suspect", "dead")
 #: Sort keys of /api/clients, read from the live connection (rows are built for one page only),
 #: and whether they sort largest first by default (as NATS's /connz: counts and idle time
 #: descending, names and ids ascending).
-_SortKey = Callable[[ClientInfo, float], Any]
+_SortKey = Callable[[ClientView, float], Any]
 _SORTS: dict[str, tuple[_SortKey, bool]] = {
     "cid": (lambda c, now: c.conn_id, False),
     "id": (lambda c, now: c.name, False),
@@ -205,7 +205,7 @@ class Admin:
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
         srv = self.server
-        now_mono, now_wall = srv._loop_time(), time.time()
+        now_mono, now_wall = srv.now(), time.time()
         conns = srv.clients
         if states is not None:
             conns = [c for c in conns if c.state.value in states]

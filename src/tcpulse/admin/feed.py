@@ -33,8 +33,8 @@ from tcpulse.server.events import (
 )
 
 if TYPE_CHECKING:
-    from tcpulse.server.connection import ClientInfo
     from tcpulse.server.server import Server
+    from tcpulse.server.view import ClientView
 
 __all__ = ["Feed", "client_row"]
 
@@ -54,7 +54,7 @@ QUEUE_MAX_BYTES = 8 << 20
 PENDING_MAX = 5000
 
 
-def client_row(c: ClientInfo, now_mono: float, now_wall: float) -> dict[str, Any]:
+def client_row(c: ClientView, now_mono: float, now_wall: float) -> dict[str, Any]:
     """One client as `/api/clients` and the dashboard show it (docs/admin-api.md lists the fields)."""
     s = c.snapshot(now_mono)
     idle = s["last_heard_ago"]
@@ -162,7 +162,7 @@ class Feed:
 
     def snapshot(self) -> dict[str, Any]:
         srv = self.server
-        now_mono, now_wall = srv._loop_time(), time.time()
+        now_mono, now_wall = srv.now(), time.time()
         rows = []
         for c in sorted(srv.clients, key=lambda c: c.conn_id):
             row = client_row(c, now_mono, now_wall)
@@ -189,11 +189,11 @@ class Feed:
         op = _OPS.get(t)
         if op is None:
             return
-        c: ClientInfo = ev.client  # type: ignore[union-attr]
+        c: ClientView = ev.client  # type: ignore[union-attr]
         if len(self._pending) >= PENDING_MAX:
             self._overflow = True
             return
-        d: dict[str, Any] = {"op": op, "row": client_row(c, self.server._loop_time(), time.time())}
+        d: dict[str, Any] = {"op": op, "row": client_row(c, self.server.now(), time.time())}
         if t is TimedOut:
             assert isinstance(ev, TimedOut)
             d["silent_for"] = round(ev.silent_for, 3)
@@ -218,11 +218,11 @@ class Feed:
     # ---------------------------------------------------------------- loop
 
     async def _run(self) -> None:
-        next_sample = self.server._loop_time() + SAMPLE_EVERY
+        next_sample = self.server.now() + SAMPLE_EVERY
         while True:
             await asyncio.sleep(FLUSH)
             sample = None
-            if self.server._loop_time() >= next_sample:
+            if self.server.now() >= next_sample:
                 next_sample += SAMPLE_EVERY
                 sample = self._sample(time.time())
             if self.subscribers:
@@ -269,7 +269,7 @@ class Feed:
 
     def _changed_rows(self) -> list[dict[str, Any]]:
         """Rows whose counters moved since they were last sent (once a second, while watched)."""
-        now_mono, now_wall = self.server._loop_time(), time.time()
+        now_mono, now_wall = self.server.now(), time.time()
         out = []
         sent = self._sent
         for c in self.server.clients:
@@ -280,7 +280,7 @@ class Feed:
         return out
 
 
-def _key(c: ClientInfo) -> tuple[Any, ...]:
+def _key(c: ClientView) -> tuple[Any, ...]:
     # bytes_in moves with every frame the client sends, so it also stands for "last heard".
     return (c.bytes_in, c.bytes_out, c.rtt, c.state)
 

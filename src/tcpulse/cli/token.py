@@ -19,6 +19,7 @@ from tcpulse.i18n import _
 from tcpulse.i18n.display import iso_ts, local_ts
 from tcpulse.security.tls import SecurityConfigError, client_ssl_context
 from tcpulse.security.tokens import AuthFile, AuthFileError
+from tcpulse.server.guard import Capacity
 from tcpulse.server.server import Server
 
 __all__ = [
@@ -116,7 +117,7 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
     g = server.guard
     if g.auth is not None:
         # Before the capacity line: whoever waits for that line may send SIGHUP at once.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, g.reload_auth)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_auth)
     if log.json:
         obj: dict[str, Any] = {"ts": iso_ts(), "event": "capacity", "max_clients": g.max_clients,
                                "open_files": g.open_files[0], "tls": g.ssl is not None,
@@ -128,9 +129,17 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
             extra.append(_("TLS with client certificates") if server.config.tls_client_ca else "TLS")
         if g.auth is not None:
             extra.append(_("tokens for {n} ids from {path}").format(n=len(g.auth), path=g.auth.path))
-        log.out.write(f"[{local_ts()}] " + _("Capacity: {text}").format(text=g.capacity_text())
+        log.out.write(f"[{local_ts()}] " + _("Capacity: {text}").format(text=_capacity_text(g.capacity()))
                       + (f"; {', '.join(extra)}" if extra else "") + "\n")
     log.out.flush()
+
+
+def _capacity_text(cap: Capacity) -> str:
+    if cap.lowered_from is not None:
+        return _("this server can hold {n} clients (open-file limit {soft}; --max-clients {asked} lowered "
+                 "to fit: raise 'ulimit -n' to hold more)").format(n=cap.clients, soft=cap.open_files,
+                                                                    asked=cap.lowered_from)
+    return _("this server can hold {n} clients (open-file limit {soft})").format(n=cap.clients, soft=cap.open_files)
 
 
 def check_admin_bind(host: str, token: str | None) -> None:

@@ -65,7 +65,8 @@ class AuthFile:
 
     # ---------------------------------------------------------------- reading
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def stamp(self) -> tuple[int, int, int] | None:
+        """(mtime, size, inode) of the file on disk now; None if it cannot be seen."""
         try:
             st = os.stat(self.path)
         except OSError:
@@ -74,7 +75,7 @@ class AuthFile:
 
     def load(self) -> int:
         """Read the file; returns how many ids it holds.  Raises `AuthFileError`."""
-        stamp = self._stat()
+        stamp = self.stamp()
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
@@ -91,7 +92,7 @@ class AuthFile:
 
     def changed(self) -> bool:
         """True when the file on disk is not the one last loaded (mtime, size or inode)."""
-        return self._stat() != self._stamp
+        return self.stamp() != self._stamp
 
     def refresh(self) -> int | None:
         """Reload if the file changed; returns the new number of ids, or None if unchanged.

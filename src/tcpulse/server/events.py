@@ -1,19 +1,17 @@
 """What a running server reports: one small dataclass per thing that happens to a client.
 
 Subscribers (the console log, the store, the admin API, your program) receive these through
-`Server.subscribe()` or `Server.events()`.  `client` is the live `ClientInfo` of the connection:
-read its attributes, do not keep it past the `Disconnected` event if you need a frozen copy
-(`ClientInfo.snapshot()` gives one).
+`Server.subscribe()` or `Server.events()`.  `client` is the read-only `ClientView` of the
+connection: it reads the live figures (and keeps the last ones once the connection is gone);
+`client.snapshot()` gives a frozen copy.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
-if TYPE_CHECKING:
-    from tcpulse.server.connection import ClientInfo
+from tcpulse.server.view import ClientView, DisconnectReason
 
 __all__ = [
     "Connected",
@@ -34,20 +32,6 @@ __all__ = [
 ]
 
 
-class DisconnectReason(enum.StrEnum):
-    """Why a connection ended (the `reason` of the JSON log's `disconnect` event)."""
-
-    BYE = "bye"
-    EOF = "eof"
-    RESET = "reset"
-    TIMEOUT = "timeout"
-    REPLACED = "replaced"
-    ERROR = "error"
-    SHUTDOWN = "shutdown"
-    SLOW_CONSUMER = "slow-consumer"
-    REFUSED = "refused"
-
-
 @dataclass(frozen=True, slots=True)
 class Listening:
     host: str
@@ -59,12 +43,12 @@ class Listening:
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    client: ClientInfo
+    client: ClientView
 
 
 @dataclass(frozen=True, slots=True)
 class HelloReceived:
-    client: ClientInfo
+    client: ClientView
     heartbeat_interval: float
     heartbeat_timeout: float
     session: str | None
@@ -74,7 +58,7 @@ class HelloReceived:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    client: ClientInfo
+    client: ClientView
     payload: bytes
     seq: int | None
     duplicate: bool = False
@@ -82,18 +66,18 @@ class MessageReceived:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatReceived:
-    client: ClientInfo
+    client: ClientView
 
 
 @dataclass(frozen=True, slots=True)
 class Suspect:
-    client: ClientInfo
+    client: ClientView
     silent_for: float
 
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
-    client: ClientInfo
+    client: ClientView
     silent_for: float
 
 
@@ -101,13 +85,13 @@ class Recovered:
 class RttMeasured:
     """The answer to the server's PING arrived: `rtt` seconds round trip (also `client.rtt`)."""
 
-    client: ClientInfo
+    client: ClientView
     rtt: float
 
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    client: ClientInfo
+    client: ClientView
     silent_for: float
     late_by: float
     #: With `--detector phi`: the client's phi when it was declared dead (None: fixed timeout).
@@ -116,14 +100,14 @@ class TimedOut:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    client: ClientInfo
+    client: ClientView
     reason: DisconnectReason
     detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ProtocolErrorOccurred:
-    client: ClientInfo
+    client: ClientView
     code: int
     text: str
 

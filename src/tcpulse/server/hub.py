@@ -1,0 +1,301 @@
+"""What the connections of one server share, and what happens across them.
+
+The hub holds the settings, the store, the liveness `Tracker` of every client, the `Registry`
+of ids and sessions, the `Guard` and the subscribers; and it does what involves more than one
+connection or outlives one read: admitting a connection, answering a `HELLO` (authentication,
+takeover, the session's `acked`), acknowledging what the store committed, and the one timer
+for every deadline.  Each connection (`connection.ServerConnection`) calls into it; it knows a
+connection only as a `Peer`.  `Server` (server.py) is the public face over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tcpulse.policy.liveness import Detector, PhiDetector, State, Tracker, clamp_interval
+from tcpulse.protocol.errors import ErrorCode
+from tcpulse.protocol.events import Hello, Info, Msg, Ok
+from tcpulse.server.config import ServerConfig
+from tcpulse.server.events import (
+    Connected,
+    Disconnected,
+    HelloReceived,
+    ServerEvent,
+    Suspect,
+    TimedOut,
+    Warning_,
+)
+from tcpulse.server.guard import Guard
+from tcpulse.server.peer import Peer
+from tcpulse.server.registry import Registry
+from tcpulse.server.view import DisconnectReason
+from tcpulse.store.base import ConnectionRecord, SessionKey, Store, StoreUnavailable
+
+__all__ = ["MAX_LINGERING", "Hub"]
+
+#: At most this many sockets linger at once; beyond, the server closes at once after the last
+#: frame (it is in the kernel already, and reaches a client that sent nothing more).  Lingering
+#: sockets are not clients, so without a cap a flood of bad or refused connections that the
+#: attacker keeps open would spend the descriptors kept back for them (config.FD_RESERVE, 100).
+MAX_LINGERING = 50
+
+
+class Hub:
+    """Shared state and cross-connection logic of one server (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, store: Store, server_id: str) -> None:
+        self.config = config
+        self.server_id = server_id
+        self.store = store
+        self.use_store(store)
+        self.tracker: Tracker[Peer] = Tracker()
+        self._phi = config.phi_settings()
+        self.registry: Registry[Peer] = Registry()
+        #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
+        self.open: set[Peer] = set()
+        #: Sockets lingering after their last frame now (see MAX_LINGERING).
+        self.lingering = 0
+        self.subscribers: list[Callable[[ServerEvent], None]] = []
+        #: Whether any subscriber wants `MessageReceived` / `HeartbeatReceived` (frequent events:
+        #: when nobody does, they are not built at all).
+        self.wants_messages = False
+        self.wants_heartbeats = config.verbose
+        self.closing = False
+        self.guard = Guard(config, emit=self.emit, clients=lambda: self.registry, closing=lambda: self.closing)
+        self.info: Info | None = None
+        #: Counts of connections that have ended (and `connections`, `timeouts`: all so far); add
+        #: the open clients' own counters for live figures (admin/metrics.py does).
+        self.totals = {"connections": 0, "messages": 0, "timeouts": 0, "heartbeats": 0, "errors": 0,
+                       "bytes_in": 0, "bytes_out": 0}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---------------------------------------------------------------- basics
+
+    @staticmethod
+    def now() -> float:
+        """The server's clock.  Deadlines are kept on the monotonic clock, not the loop's:
+        uvloop's ticks in whole milliseconds, which would make every lateness and silence figure
+        a whole millisecond."""
+        return time.monotonic()
+
+    def emit(self, ev: ServerEvent) -> None:
+        """Hand `ev` to every subscriber; a subscriber's exception is reported, never raised."""
+        for cb in self.subscribers:
+            try:
+                cb(ev)
+            except Exception as e:  # a subscriber's bug must not take the server down
+                print(f"tcpulse: event subscriber failed: {e!r}", file=sys.stderr)
+
+    def use_store(self, store: Store) -> None:
+        self.store = store
+        store.set_commit_listener(self.on_commit)
+        store.set_state_listener(self.on_store_state)
+
+    def linger_slot(self) -> bool:
+        """Take one of the MAX_LINGERING slots for a socket that lingers after its last frame."""
+        if self.lingering >= MAX_LINGERING:
+            return False
+        self.lingering += 1
+        return True
+
+    def linger_done(self) -> None:
+        self.lingering -= 1
+
+    def spawn(self, coro: Any) -> None:
+        """Run `coro` as a task the server cancels when it closes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_tasks(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self.stop_timer()
+
+    def stop_timer(self) -> None:
+        """No more deadlines are judged (shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ---------------------------------------------------------------- connections
+
+    def connection_made(self, c: Peer) -> None:
+        """A socket was accepted: refuse it (ERR 503), or send INFO and start its deadline."""
+        if self.closing:
+            c.fail(ErrorCode.UNAVAILABLE, "server shutting down", DisconnectReason.SHUTDOWN)
+            return
+        if not self.guard.admit(c, len(self.registry)):
+            return  # refused with ERR 503 (server full, or too many from this address)
+        now = self.now()
+        self.open.add(c)
+        self.registry.add(c)
+        self.totals["connections"] += 1
+        assert self.info is not None
+        c.send_frame(self.info)
+        self.tracker.add(c, now, c.interval, c.timeout, self._detector(c.interval))
+        self.arm()
+        if not self.guard.auth_required:
+            # With auth, nothing is stored for a connection until its HELLO is accepted.
+            self.store.record_connection(ConnectionRecord(c.conn_id, None, c.addr, c.connected_at))
+        self.emit(Connected(c.view))
+
+    def connection_lost(self, c: Peer) -> None:
+        """`c` ended (for whatever reason, once): forget it, record it, report it."""
+        self.guard.lost(c)
+        if not self.registry.remove(c):
+            return
+        self.tracker.remove(c)
+        reason = c.reason or DisconnectReason.EOF
+        if c.id is not None or not self.guard.auth_required:
+            self.store.record_connection(ConnectionRecord(
+                c.conn_id, c.id, c.addr, c.connected_at, time.time(), reason.value, c.heartbeats,
+                c.messages, c.rtt, c.detail))
+        t = self.totals
+        t["messages"] += c.messages
+        t["heartbeats"] += c.heartbeats
+        t["bytes_in"] += c.bytes_in
+        t["bytes_out"] += c.bytes_out
+        if reason is DisconnectReason.ERROR:
+            t["errors"] += 1
+        self.emit(Disconnected(c.view, reason, c.detail))
+
+    def socket_closed(self, c: Peer) -> None:
+        """`c`'s socket is gone (after any linger)."""
+        self.open.discard(c)
+
+    # ---------------------------------------------------------------- store
+
+    def store_messages(self, c: Peer, msgs: list[Msg]) -> None:
+        """Queue what arrived together on `c`, in order (numbered ones are acknowledged on commit)."""
+        if msgs:
+            self.store.add_messages(c.id or c.addr, c.session, c.conn_id, time.time(), msgs)
+
+    def on_commit(self, highs: dict[SessionKey, int]) -> None:
+        """The store committed these sessions up to these seqs: send the ACKs owed."""
+        owner = self.registry.session_owner
+        for key, seq in highs.items():
+            c = owner(key)
+            if c is not None:
+                c.acknowledge(seq)
+
+    def on_store_state(self, failing: bool, text: str) -> None:
+        # PROTOCOL.md, "Errors", 503: a numbered sender with unacknowledged messages is closed,
+        # so that it keeps them and sends them again once the store can write.
+        self.emit(Warning_(text, {"store": "failing" if failing else "ok"}))
+        if failing:
+            for c in list(self.registry):
+                if c.session is not None and c.owes_acks:
+                    c.fail(ErrorCode.UNAVAILABLE, "store unavailable: keep your messages and send "
+                           "them again after reconnecting")
+
+    # ---------------------------------------------------------------- HELLO
+
+    def start_hello(self, c: Peer, hello: Hello) -> None:
+        """A HELLO arrived on `c` (its later frames are held back): answer it in a task."""
+        self.spawn(self._accept_hello(c, hello))
+
+    async def _accept_hello(self, c: Peer, hello: Hello) -> None:
+        cfg = self.config
+        interval = clamp_interval(hello.heartbeat_interval, cfg.heartbeat_interval,
+                                  cfg.min_heartbeat_interval, cfg.max_heartbeat_interval)
+        # PROTOCOL.md, "Liveness": timeout = clamped interval x the server's own ratio.
+        timeout = interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval)
+        replaced = False
+        # Authentication comes before anything else, a takeover included (guard.py).
+        if not await self.guard.check_hello(c, hello) or c.closed:
+            return
+        if hello.session is not None and self.store.failing:
+            c.fail(ErrorCode.UNAVAILABLE, "store unavailable: try again later")
+            return
+        acked = 0
+        try:
+            while True:
+                old = self.registry.owner(hello.id)
+                if old is not None and old is not c:
+                    # PROTOCOL.md, "Identity and takeover": the old one gets BYE replaced and is
+                    # closed, everything received from it is stored, and only then does the new
+                    # one get OK.
+                    replaced = True
+                    old.say_bye("replaced", DisconnectReason.REPLACED)
+                    await self.store.flush()
+                if c.closed:
+                    return
+                if hello.session is not None:
+                    acked = await self.store.acked(hello.id, hello.session)
+                if c.closed:
+                    return
+                # Another connection may have signed in with this id while we waited on the
+                # store: replace it too, so that one id never has two live connections.
+                if self.registry.owner(hello.id) in (None, c):
+                    break
+        except StoreUnavailable as e:
+            c.fail(ErrorCode.UNAVAILABLE, f"store unavailable: try again later ({e})")
+            return
+        if c.closed:
+            return
+        c.accept(hello.id, hello.session, interval, timeout, acked)
+        self.registry.claim(c)
+        self.store.record_connection(ConnectionRecord(c.conn_id, c.id, c.addr, c.connected_at))
+        self.tracker.set_interval(c, self.now(), interval, timeout, self._detector(interval))
+        self.arm()
+        c.send_frame(Ok(id=hello.id, heartbeat_interval=interval, heartbeat_timeout=timeout, acked=acked))
+        self.emit(HelloReceived(c.view, interval, timeout, hello.session, acked, replaced))
+        # Measure the round trip once, right after the handshake.
+        c.ping()
+        c.resume()
+
+    # ---------------------------------------------------------------- deadlines
+
+    def arm(self) -> None:
+        """Make sure the one timer fires at the earliest deadline of all clients."""
+        due = self.tracker.next_due()
+        if due is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= due:
+                return
+            self._timer.cancel()
+        self._timer_when = due
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - self.now()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.now()
+        if now < self._timer_when:
+            # The loop's timer woke a hair early (its clock is coarser than ours): never judge a
+            # client before its due moment; wait out the rest.
+            self._timer = asyncio.get_running_loop().call_later(self._timer_when - now, self._on_timer)
+            return
+        dead = []
+        for v in self.tracker.poll(now):
+            c = v.key
+            if v.state is State.SUSPECT:
+                self.emit(Suspect(c.view, v.silent_for))
+            elif v.state is State.DEAD and not c.closed:
+                # Announce first: every BYE of this batch goes on the wire before any logging,
+                # storing or closing, so that when many clients die at once the last one is not
+                # told late by the bookkeeping of the others (PROTOCOL.md, "Liveness": promptly).
+                c.announce_timeout()
+                dead.append(v)
+        wall = time.time()
+        for v in dead:
+            c = v.key
+            self.totals["timeouts"] += 1
+            if c.id is not None or not self.guard.auth_required:
+                # With auth, nothing is stored for a connection that never authenticated.
+                self.store.record_timeout(c.conn_id, c.id, wall, v.silent_for, v.late_by, phi=v.phi)
+            self.emit(TimedOut(c.view, v.silent_for, v.late_by, v.phi))
+            c.end(DisconnectReason.TIMEOUT, "heartbeat-timeout", linger=True)
+        if not self.closing:
+            self.arm()
+
+    def _detector(self, interval: float) -> Detector | None:
+        # One per client, learning from its interval on (None: the fixed timeout, no state).
+        return None if self._phi is None else PhiDetector(interval, self._phi)

@@ -1,0 +1,120 @@
+"""The interface of one client connection to the rest of `server/`.
+
+The per-connection protocol object (`connection.ServerConnection`) has all of this; the hub
+(`hub.Hub`), the guard (`guard.Guard`) and the registry know a connection only through `Peer`,
+so that none of them imports the asyncio protocol object, and it can be replaced (by a fake in a
+test, or by another transport) without touching them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tcpulse.policy.ratelimit import FrameRate
+from tcpulse.protocol.errors import ErrorCode
+from tcpulse.protocol.events import Event
+from tcpulse.server.view import ClientView, DisconnectReason
+
+__all__ = ["ConnLimits", "Peer"]
+
+
+@dataclass(slots=True)
+class ConnLimits:
+    """What the guard keeps for one connection (`Peer.limits`)."""
+
+    host: str
+    rate: FrameRate | None
+    held: int = 0
+    #: Bytes queued for the client as last seen (its transport's write buffer), and since when
+    #: (monotonic) that buffer has not been empty.
+    queued: int = 0
+    queued_since: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Peer(Protocol):
+    """One client connection, as the hub and the guard see it."""
+
+    #: Per-connection limits state, set by the guard when it admits the connection.
+    limits: ConnLimits | None
+
+    def __hash__(self) -> int: ...
+
+    @property
+    def conn_id(self) -> int: ...
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def session(self) -> str | None: ...
+    @property
+    def addr(self) -> str: ...
+    @property
+    def connected_at(self) -> float: ...
+    @property
+    def heartbeats(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def rtt(self) -> float | None: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def high(self) -> int: ...
+    @property
+    def reason(self) -> DisconnectReason | None: ...
+    @property
+    def detail(self) -> str | None: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def view(self) -> ClientView: ...
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended for the server (its socket may still linger)."""
+    @property
+    def hello_seen(self) -> bool:
+        """True once a HELLO has arrived (answered or not)."""
+    @property
+    def owes_acks(self) -> bool:
+        """True while numbered messages taken from this client are not all acknowledged."""
+    @property
+    def transport(self) -> Any:
+        """The asyncio transport (None before it is made)."""
+
+    def accept(self, client_id: str, session: str | None, interval: float, timeout: float, acked: int) -> None:
+        """The HELLO is accepted: the client is `client_id` now, and `acked` of its session are stored."""
+
+    def resume(self) -> None:
+        """After `OK`: handle what arrived behind the HELLO, then read on."""
+
+    def send_frame(self, event: Event) -> None:
+        """Send one frame now."""
+
+    def acknowledge(self, seq: int) -> None:
+        """The store committed this client's session up to `seq`: send the `ACK` it is owed."""
+
+    def ping(self) -> None:
+        """PING the client to measure the round trip."""
+
+    def fail(self, code: ErrorCode, text: str, reason: DisconnectReason = DisconnectReason.ERROR) -> None:
+        """Send `ERR code text` and close."""
+
+    def say_bye(self, reason: str, why: DisconnectReason) -> None:
+        """Send `BYE reason` and close."""
+
+    def announce_timeout(self) -> None:
+        """Put `BYE heartbeat-timeout` on the wire at once (the bookkeeping follows in `end()`)."""
+
+    def close_slow(self, detail: str) -> None:
+        """Close a client that does not read what it is sent (a slow consumer), at once."""
+
+    def end(self, reason: DisconnectReason, detail: str | None = None, linger: bool = False) -> None:
+        """The connection is over for the server: report it, then close (after a linger)."""
