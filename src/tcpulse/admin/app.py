@@ -105,7 +105,6 @@ class Admin:
         self.feed = Feed(server, lambda: live_totals(server))
         self._unsubscribe = server.subscribe(self._on_event, messages=False, heartbeats=False)
         self._runner: web.AppRunner | None = None
-        self._streams: set[web.StreamResponse] = set()
         self.app = self._make_app()
 
     @property
@@ -124,10 +123,8 @@ class Admin:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        if runner.addresses:  # the real port, when port 0 asked for a free one
+            self.port = runner.addresses[0][1]
         self.feed.start()
 
     async def close(self) -> None:
