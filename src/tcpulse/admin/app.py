@@ -96,12 +96,13 @@ class Admin:
     before it is created are not counted), then `await start()`; `await close()` when done."""
 
     def __init__(self, server: Server, host: str = "127.0.0.1", port: int = DEFAULT_ADMIN_PORT, *,
-                 authorize: Authorize | None = None) -> None:
+                 authorize: Authorize | None = None, log_dropped: Callable[[], int] | None = None) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.authorize = authorize
-        self.stats = AdminStats(server)
+        #: Lines the console log dropped because its output was not read (None: no console).
+        self.stats = AdminStats(server, log_dropped=log_dropped)
         self.feed = Feed(server, lambda: live_totals(server))
         self._unsubscribe = server.subscribe(self._on_event, messages=False, heartbeats=False)
         self._runner: web.AppRunner | None = None
@@ -253,6 +254,7 @@ class Admin:
                 "disconnects": dict(sorted(self.stats.disconnects.items())),
             },
             "memory": self.stats.memory(),
+            "log": {"dropped_lines": self.stats.log_dropped()},
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),
         })

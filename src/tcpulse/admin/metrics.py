@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -63,8 +63,9 @@ class AdminStats:
     """Subscribe `on_event` to the server (with `messages=False`); read `render()` for /metrics
     and `lateness()` / `errors` for /api/server."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, log_dropped: Callable[[], int] | None = None) -> None:
         self.server = server
+        self._log_dropped = log_dropped
         self.registry = CollectorRegistry(auto_describe=True)
         self.rtt = Histogram("tcpulse_rtt_seconds", "Round-trip time of the server's PING to a client",
                              buckets=RTT_BUCKETS, registry=self.registry)
@@ -93,6 +94,10 @@ class AdminStats:
         elif t is Disconnected:
             assert isinstance(ev, Disconnected)
             self.disconnects[ev.reason.value] += 1
+
+    def log_dropped(self) -> int:
+        """Lines of the console log dropped because its output was not read (0 without a console)."""
+        return 0 if self._log_dropped is None else self._log_dropped()
 
     def memory(self) -> dict[str, int]:
         """Bytes the server holds for clients now, against their global budgets (0: off)."""
@@ -172,6 +177,9 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily("tcpulse_buffered_bytes",
                                 "Bytes of partial frames held across all connections (budget: --max-buffered)",
                                 value=mem["buffered_bytes"])
+        yield CounterMetricFamily("tcpulse_log_lines_dropped",
+                                  "Console log lines dropped because the server's output was not read",
+                                  value=self.stats.log_dropped())
         yield GaugeMetricFamily("tcpulse_queued_bytes",
                                 "Bytes queued to clients, not yet taken by their sockets (budget: --max-queued)",
                                 value=mem["queued_bytes"])

@@ -1,18 +1,27 @@
 """The server's console output: a subscriber that turns server events into log lines.
 
 Text lines are timestamped like the original exercise (`[2025-04-10 15:32:44] ...`); with
-`json=True` every event is one JSON object per line (docs/logging.md lists the events).
+`json=True` every event is one JSON object per line (README, "The JSON log", lists the events).
+
+Lines go out through a `LineSink` (output.py): never a blocking write on the event loop, one
+write per loop iteration, and a bounded buffer whose overflow is dropped, counted and reported.
+Messages come one batch per read (`MessagesReceived`) and are formatted in one tight loop with
+the timestamp and the translated templates made once: printing every message costs little.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from datetime import datetime
+import time
+from datetime import UTC, datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import IO, Any
 
+from tcpulse.cli.output import LineSink
 from tcpulse.i18n import _
-from tcpulse.i18n.display import escape, iso_ts, local_ts
+from tcpulse.i18n.display import escape
 from tcpulse.server.events import (
     Connected,
     Disconnected,
@@ -21,6 +30,7 @@ from tcpulse.server.events import (
     HelloReceived,
     Listening,
     MessageReceived,
+    MessagesReceived,
     ProtocolErrorOccurred,
     Recovered,
     ServerEvent,
@@ -52,13 +62,47 @@ def _reason_text(reason: DisconnectReason, detail: str | None) -> str:
     }.get(reason, reason.value)
 
 
+class _Stamps:
+    """Timestamps made once per second, not once per line (strftime costs more than the line)."""
+
+    __slots__ = ("_iso", "_local", "_sec")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._local = ""
+        self._iso = ""
+
+    def _at(self, t: float) -> int:
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._local = datetime.fromtimestamp(sec).strftime("%Y-%m-%d %H:%M:%S")
+            self._iso = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return sec
+
+    def local(self) -> str:
+        """Local time to the second, as the original exercise printed it."""
+        self._at(time.time())
+        return self._local
+
+    def iso(self) -> str:
+        """ISO 8601, UTC, milliseconds: `2025-04-10T07:32:44.123Z`."""
+        t = time.time()
+        sec = self._at(t)
+        return f"{self._iso}.{min(999, int((t - sec) * 1000)):03d}Z"
+
+
 class ConsoleLog:
     """Print server events.  `level`: "quiet" (warnings and errors), "normal", "verbose"
-    (also every heartbeat).  Subscribe it with `server.subscribe(log, messages=..., heartbeats=...)`
-    using `log.wants_messages` / `log.wants_heartbeats`."""
+    (also every heartbeat).  Subscribe it with `log.subscribe_to(server)`.
+
+    `out` with a file descriptor (stdout) is written through a `LineSink`, so a reader that does
+    not keep up never blocks the server; call `close()` before exiting.  `dropped` counts the
+    lines lost to such a reader.
+    """
 
     def __init__(self, out: IO[str] | None = None, *, json_format: bool = False,
-                 level: str = "normal", rich_tables: bool | None = None) -> None:
+                 level: str = "normal", rich_tables: bool | None = None, max_buffered: int | None = None) -> None:
         self.out = out or sys.stdout
         self.json = json_format
         self.level = level
@@ -67,21 +111,111 @@ class ConsoleLog:
         if rich_tables is None:
             rich_tables = not json_format and self.out.isatty()
         self.rich_tables = rich_tables
+        self._stamps = _Stamps()
+        kw = {} if max_buffered is None else {"max_bytes": max_buffered}
+        self.sink = LineSink(self.out, notice=self._drop_notice, **kw)
+        # The language is chosen before the log is made: translate the message lines once.
+        self._t_msg = _("Message from {client}: {text}")
+        self._t_msg_seq = _("Message #{seq} from {client}: {text}")
+        self._t_dup = _("Duplicate message #{seq} from {client} (already stored, acknowledged again)")
+        self._t_binary = _("<{size} bytes, not UTF-8>")
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped so far because the output was not read fast enough."""
+        return self.sink.dropped
+
+    def subscribe_to(self, server: Any) -> None:
+        """Subscribe to `server`'s events, with what this log shows (messages in batches)."""
+        server.subscribe(self, messages=self.wants_messages, heartbeats=self.wants_heartbeats, batch_messages=True)
+
+    def write_line(self, text: str) -> None:
+        """One line of the server's own (not an event), e.g. the capacity line: timestamped in
+        text mode, as is in JSON mode (the caller gives a JSON object then)."""
+        self.sink.write(text + "\n" if self.json else f"[{self._stamps.local()}] {text}\n")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting up to `timeout` s for a slow reader)."""
+        self.sink.close(timeout)
+
+    def _drop_notice(self, lines: int, seconds: float) -> str:
+        text = _("{n} log lines were dropped: the output was not read for {seconds:.1f} s").format(
+            n=lines, seconds=seconds)
+        if self.json:
+            return json.dumps({"ts": self._stamps.iso(), "event": "warning", "text": text, "dropped_lines": lines},
+                              ensure_ascii=False, separators=(",", ":")) + "\n"
+        return f"[{self._stamps.local()}] " + _("Warning: {text}").format(text=text) + "\n"
 
     def __call__(self, ev: ServerEvent) -> None:
+        if type(ev) is MessagesReceived:
+            if self.json:
+                self._json_batch(ev)
+            else:
+                self._text_batch(ev)
+            return
         if self.json:
             obj = self._json(ev)
             if obj is not None:
-                self.out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
-                self.out.flush()
+                self.sink.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
             return
         if isinstance(ev, Status):
             self._status(ev)
             return
         line = self._text(ev)
         if line is not None:
-            self.out.write(f"[{local_ts()}] {line}\n")
-            self.out.flush()
+            self.sink.write(f"[{self._stamps.local()}] {line}\n")
+
+    # ---------------------------------------------------------------- messages, the hot path
+
+    def _body(self, payload: bytes) -> str:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._t_binary.format(size=len(payload))
+        # Most payloads need no escaping: two C-speed checks instead of a translate().
+        if text.isprintable() and "\\" not in text:
+            return text
+        return escape(text)
+
+    def _text_batch(self, ev: MessagesReceived) -> None:
+        name = ev.client.name
+        prefix = f"[{self._stamps.local()}] "
+        body = self._body
+        dups = ev.duplicates
+        # The client's name is the same for the whole batch: put it in once.
+        t_msg = self._t_msg.replace("{client}", name)
+        t_seq = self._t_msg_seq.replace("{client}", name)
+        out = []
+        for m in ev.messages:
+            seq = m.seq
+            if seq is None:
+                out.append(prefix + t_msg.format(text=body(m.payload)) + "\n")
+            elif dups and seq in dups:
+                out.append(prefix + self._t_dup.format(seq=seq, client=name) + "\n")
+            else:
+                out.append(prefix + t_seq.format(seq=seq, text=body(m.payload)) + "\n")
+        self.sink.write("".join(out))
+
+    def _json_batch(self, ev: MessagesReceived) -> None:
+        c = ev.client
+        head = (f'{{"ts":"{self._stamps.iso()}","event":"message","client":{encode_basestring(c.name)},'
+                f'"addr":{encode_basestring(c.addr)},"size":')
+        dups = ev.duplicates
+        out = []
+        for m in ev.messages:
+            p = m.payload
+            seq = m.seq
+            line = head + str(len(p))
+            if seq is not None:
+                line += f',"seq":{seq}'
+                if dups and seq in dups:
+                    line += ',"duplicate":true'
+            try:
+                line += ',"text":' + encode_basestring(p.decode("utf-8"))
+            except UnicodeDecodeError:
+                pass
+            out.append(line + "}\n")
+        self.sink.write("".join(out))
 
     # ---------------------------------------------------------------- text
 
@@ -103,7 +237,7 @@ class ConsoleLog:
             return _("Warning: {text}").format(text=ev.text)
         if isinstance(ev, Listening):
             return (_("Server started, listening on {host}:{port}").format(host=ev.host, port=ev.port)
-                    + "\n" + f"[{local_ts()}] "
+                    + "\n" + f"[{self._stamps.local()}] "
                     + _("Heartbeat threshold: {timeout:g} s (interval {interval:g} s)").format(
                         timeout=ev.heartbeat_timeout, interval=ev.heartbeat_interval)
                     + ("" if ev.durable else " " + _("(no store: nothing is kept)")))
@@ -140,15 +274,11 @@ class ConsoleLog:
     def _message(self, ev: MessageReceived) -> str:
         who = ev.client.name
         if ev.duplicate:
-            return _("Duplicate message #{seq} from {client} (already stored, acknowledged again)").format(
-                seq=ev.seq, client=who)
-        try:
-            body = escape(ev.payload.decode("utf-8"))
-        except UnicodeDecodeError:
-            body = _("<{size} bytes, not UTF-8>").format(size=len(ev.payload))
+            return self._t_dup.format(seq=ev.seq, client=who)
+        body = self._body(ev.payload)
         if ev.seq is not None:
-            return _("Message #{seq} from {client}: {text}").format(seq=ev.seq, client=who, text=body)
-        return _("Message from {client}: {text}").format(client=who, text=body)
+            return self._t_msg_seq.format(seq=ev.seq, client=who, text=body)
+        return self._t_msg.format(client=who, text=body)
 
     def _status(self, ev: Status) -> None:
         if self.level == "quiet":
@@ -160,7 +290,7 @@ class ConsoleLog:
         if self.rich_tables:
             from rich.console import Console
             from rich.table import Table
-            table = Table(title=f"[{local_ts()}] {title} {len(ev.rows)}")
+            table = Table(title=f"[{self._stamps.local()}] {title} {len(ev.rows)}")
             for col in (_("client"), _("address"), _("connected at"), _("last heard"), _("heartbeats"),
                         _("messages"), _("state"), _("RTT")):
                 table.add_column(col)
@@ -175,9 +305,11 @@ class ConsoleLog:
                 if with_phi:
                     cells.append("-" if r.get("phi") is None else f"{r['phi']:.1f}")
                 table.add_row(*cells)
-            Console(file=self.out).print(table)
+            buf = io.StringIO()
+            Console(file=buf, force_terminal=True, width=Console(file=self.out).width).print(table)
+            self.sink.write(buf.getvalue())
             return
-        lines = ["=" * 50, f"[{local_ts()}] {title} {len(ev.rows)}"]
+        lines = ["=" * 50, f"[{self._stamps.local()}] {title} {len(ev.rows)}"]
         for r in ev.rows:
             st = alive if r["state"] == "alive" else suspect
             rtt = "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"
@@ -186,14 +318,13 @@ class ConsoleLog:
                 client=r["client"], addr=r["addr"], at=_fmt_time(r["connected_at"]), ago=r["last_heard_ago"],
                 hb=r["heartbeats"], msgs=r["messages"], state=st, rtt=rtt)
                 + ("" if r.get("phi") is None else f" | phi {r['phi']:.1f}"))
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
+        self.sink.write("\n".join(lines) + "\n")
 
     # ---------------------------------------------------------------- json
 
     def _json(self, ev: ServerEvent) -> dict[str, Any] | None:
         quiet = self.level == "quiet"
-        d: dict[str, Any] = {"ts": iso_ts()}
+        d: dict[str, Any] = {"ts": self._stamps.iso()}
         client = getattr(ev, "client", None)
 
         def who() -> None:

@@ -35,6 +35,9 @@ __all__ = ["serve"]
 @click.option("--status-every", default=3.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between status tables (0 = off).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-buffer", default=4 << 20, show_default=True, type=click.IntRange(min=4096),
+              help="Bytes of log lines held for a reader of the output that does not keep up; beyond, lines "
+                   "are dropped, counted and reported (the server never waits for its output).")
 @click.option("--max-payload", default=1 << 20, show_default=True, type=click.IntRange(min=1),
               help="Largest message payload in bytes.")
 @click.option("--max-line", default=4096, show_default=True, type=click.IntRange(min=64),
@@ -108,6 +111,7 @@ def serve(**opts: Any) -> None:
     grace = opts.pop("shutdown_grace")
     loop_kind = opts.pop("loop_kind")
     log_format = opts.pop("log_format")
+    log_buffer = opts.pop("log_buffer")
     if quiet:
         opts["status_every"] = 0
     known = set(ServerConfig.__dataclass_fields__)
@@ -118,13 +122,17 @@ def serve(**opts: Any) -> None:
     except ValueError as e:
         fail(str(e), 2)
     level = "quiet" if quiet else "verbose" if verbose else "normal"
-    log = ConsoleLog(json_format=log_format == "json", level=level)
-    sys.exit(run_loop(lambda: _serve(cfg, log, grace, extra), loop_kind))
+    log = ConsoleLog(json_format=log_format == "json", level=level, max_buffered=log_buffer)
+    try:
+        code = run_loop(lambda: _serve(cfg, log, grace, extra), loop_kind)
+    finally:
+        log.close()  # what the log still holds goes out (a reader that does not read gets 2 s)
+    sys.exit(code)
 
 
 async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[str, Any]) -> int:
     server = Server(cfg)
-    server.subscribe(log, messages=log.wants_messages, heartbeats=log.wants_heartbeats)
+    log.subscribe_to(server)
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
     from tcpulse.cli.token import serve_security_setup, serve_security_start
     serve_security_setup(server)  # TLS certificates, auth file, open-file limit

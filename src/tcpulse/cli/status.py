@@ -51,7 +51,7 @@ class AdminForServe:
         except ValueError as e:
             fail(_("--admin {spec}").format(spec=e), 2)
         self.log = log
-        self.admin: Admin = Admin(server, host, port, authorize=authorize)
+        self.admin: Admin = Admin(server, host, port, authorize=authorize, log_dropped=lambda: log.dropped)
 
     async def start(self) -> None:
         import errno
@@ -66,12 +66,9 @@ class AdminForServe:
                 host=a.host, port=a.port, error=e.strerror or e))
         if self.log.json:
             from tcpulse.i18n.display import iso_ts
-            line = json.dumps({"ts": iso_ts(), "event": "admin", "url": a.url}, separators=(",", ":"))
-            self.log.out.write(line + "\n")
+            self.log.write_line(json.dumps({"ts": iso_ts(), "event": "admin", "url": a.url}, separators=(",", ":")))
         elif self.log.level != "quiet":
-            ts = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-            self.log.out.write(f"[{ts}] " + _("Admin API and dashboard: {url}").format(url=a.url) + "\n")
-        self.log.out.flush()
+            self.log.write_line(_("Admin API and dashboard: {url}").format(url=a.url))
 
     async def close(self) -> None:
         await self.admin.close()

@@ -16,7 +16,7 @@ from tcpulse.admin.auth import admin_bind_error
 from tcpulse.cli.common import fail
 from tcpulse.cli.console import ConsoleLog
 from tcpulse.i18n import _
-from tcpulse.i18n.display import iso_ts, local_ts
+from tcpulse.i18n.display import iso_ts
 from tcpulse.security.tls import SecurityConfigError, client_ssl_context
 from tcpulse.security.tokens import AuthFile, AuthFileError
 from tcpulse.server.guard import Capacity
@@ -122,16 +122,15 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
         obj: dict[str, Any] = {"ts": iso_ts(), "event": "capacity", "max_clients": g.max_clients,
                                "open_files": g.open_files[0], "tls": g.ssl is not None,
                                "auth_required": g.auth_required}
-        log.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        log.write_line(json.dumps(obj, separators=(",", ":")))
     else:
         extra = []
         if g.ssl is not None:
             extra.append(_("TLS with client certificates") if server.config.tls_client_ca else "TLS")
         if g.auth is not None:
             extra.append(_("tokens for {n} ids from {path}").format(n=len(g.auth), path=g.auth.path))
-        log.out.write(f"[{local_ts()}] " + _("Capacity: {text}").format(text=_capacity_text(g.capacity()))
-                      + (f"; {', '.join(extra)}" if extra else "") + "\n")
-    log.out.flush()
+        log.write_line(_("Capacity: {text}").format(text=_capacity_text(g.capacity()))
+                       + (f"; {', '.join(extra)}" if extra else ""))
 
 
 def _capacity_text(cap: Capacity) -> str:

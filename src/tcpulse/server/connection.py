@@ -21,8 +21,6 @@ from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Ack, Bye, Err, Event, Heartbeat, Hello, Msg, Ping, Pong
 from tcpulse.security.tls import peer_identities
 from tcpulse.server.events import (
-    HeartbeatReceived,
-    MessageReceived,
     ProtocolErrorOccurred,
     Recovered,
     RttMeasured,
@@ -205,7 +203,10 @@ class ServerConnection(asyncio.Protocol):
         # A store that ignores unnumbered messages (MemoryStore, --db none) is not handed them:
         # building a record per message was the largest cost of ingest after parsing.
         keep_plain = store.keeps_unnumbered
-        wants_messages = hub.wants_messages
+        # Messages for the subscribers that want them: handed over once per read (Hub.messages),
+        # and before any other event of the read, so that the order of events is the order of frames.
+        seen: list[Msg] | None = [] if hub.wants_messages else None
+        dups: set[int] | None = None
         pings: list[Ping] = []
         stash: list[Msg] = []  # messages to store: handed to the store once per read, not per message
         for ev in events:
@@ -214,10 +215,11 @@ class ServerConnection(asyncio.Protocol):
                 self.messages += 1
                 seq = ev.seq
                 if seq is not None:
-                    dup = seq <= self.high
-                    if not dup:
+                    if seq > self.high:
                         if store.failing:
                             # PROTOCOL.md, "Errors", 429/503: never drop a numbered MSG silently.
+                            if seen:
+                                hub.messages(self.view, seen, frozenset(dups or ()))
                             hub.store_messages(self, stash)
                             self.fail(ErrorCode.UNAVAILABLE, _STORE_GONE)
                             return
@@ -226,19 +228,24 @@ class ServerConnection(asyncio.Protocol):
                     else:
                         # PROTOCOL.md, "Delivery": a duplicate is acknowledged again.
                         self._acked_sent = min(self._acked_sent, seq - 1)
+                        if dups is None:
+                            dups = set()
+                        dups.add(seq)
                     acks = True
-                    if wants_messages:
-                        hub.emit(MessageReceived(self.view, ev.payload, seq, dup))
-                else:
-                    if keep_plain:
-                        stash.append(ev)
-                    if wants_messages:
-                        hub.emit(MessageReceived(self.view, ev.payload, None, False))
-            elif t is Heartbeat:
+                elif keep_plain:
+                    stash.append(ev)
+                if seen is not None:
+                    seen.append(ev)
+                continue
+            if seen:
+                hub.messages(self.view, seen, frozenset(dups or ()))
+                seen = []
+                dups = None
+            if t is Heartbeat:
                 ctl += 1
                 self.heartbeats += 1
                 if hub.wants_heartbeats:
-                    hub.emit(HeartbeatReceived(self.view))
+                    hub.heartbeat(self.view)
             elif t is Pong:
                 ctl += 1
                 if ev.ctx is not None and ev.ctx == self._ping_ctx:
@@ -257,6 +264,8 @@ class ServerConnection(asyncio.Protocol):
             elif t is Ping:
                 ctl += 1
                 pings.append(ev)
+        if seen:
+            hub.messages(self.view, seen, frozenset(dups or ()))
         if stash:
             hub.store_messages(self, stash)
         if ctl:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from tcpulse.protocol.events import Msg
 from tcpulse.server.view import ClientView, DisconnectReason
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "HelloReceived",
     "Listening",
     "MessageReceived",
+    "MessagesReceived",
     "ProtocolErrorOccurred",
     "Recovered",
     "RttMeasured",
@@ -62,6 +64,19 @@ class MessageReceived:
     payload: bytes
     seq: int | None
     duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesReceived:
+    """The messages of one read from one client, in order: what a subscriber that asked for
+    `batch_messages=True` gets instead of one `MessageReceived` each (the console log does: one
+    event per read is what lets it print every message at full speed).  `duplicates` holds the
+    seqs that were duplicates (already stored; acknowledged again), usually none.  Do not keep or
+    change `messages`: it is the server's list."""
+
+    client: ClientView
+    messages: list[Msg]
+    duplicates: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,6 @@ class Warning_:
 
 
 ServerEvent = Union[
-    Listening, Connected, HelloReceived, MessageReceived, HeartbeatReceived, Suspect, Recovered,
+    Listening, Connected, HelloReceived, MessageReceived, MessagesReceived, HeartbeatReceived, Suspect, Recovered,
     TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured,
 ]

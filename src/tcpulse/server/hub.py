@@ -23,7 +23,10 @@ from tcpulse.server.config import ServerConfig
 from tcpulse.server.events import (
     Connected,
     Disconnected,
+    HeartbeatReceived,
     HelloReceived,
+    MessageReceived,
+    MessagesReceived,
     ServerEvent,
     Suspect,
     TimedOut,
@@ -32,7 +35,7 @@ from tcpulse.server.events import (
 from tcpulse.server.guard import Guard
 from tcpulse.server.peer import Peer
 from tcpulse.server.registry import Registry
-from tcpulse.server.view import DisconnectReason
+from tcpulse.server.view import ClientView, DisconnectReason
 from tcpulse.store.base import ConnectionRecord, SessionKey, Store, StoreUnavailable
 
 __all__ = ["MAX_LINGERING", "Hub"]
@@ -59,11 +62,15 @@ class Hub:
         self.open: set[Peer] = set()
         #: Sockets lingering after their last frame now (see MAX_LINGERING).
         self.lingering = 0
-        self.subscribers: list[Callable[[ServerEvent], None]] = []
-        #: Whether any subscriber wants `MessageReceived` / `HeartbeatReceived` (frequent events:
-        #: when nobody does, they are not built at all).
+        # Subscribers: every one gets the rare events; messages and heartbeats (frequent) go only
+        # to those that asked for them, and are not even built when nobody did.
+        self._subscribers: list[Callable[[ServerEvent], None]] = []
+        self._each_message: list[Callable[[ServerEvent], None]] = []
+        self._message_batches: list[Callable[[ServerEvent], None]] = []
+        self._heartbeats: list[Callable[[ServerEvent], None]] = []
+        #: Whether any subscriber wants messages / heartbeats (read on the hot path).
         self.wants_messages = False
-        self.wants_heartbeats = config.verbose
+        self.wants_heartbeats = False
         self.closing = False
         self.guard = Guard(config, emit=self.emit, clients=lambda: self.registry, closing=lambda: self.closing)
         self.info: Info | None = None
@@ -84,9 +91,51 @@ class Hub:
         a whole millisecond."""
         return time.monotonic()
 
+    def subscribe(self, callback: Callable[[ServerEvent], None], *, messages: bool, batch_messages: bool,
+                  heartbeats: bool) -> Callable[[], None]:
+        """Add a subscriber (see `Server.subscribe`); returns the function that removes it."""
+        lists = [self._subscribers]
+        if messages:
+            lists.append(self._message_batches if batch_messages else self._each_message)
+        if heartbeats:
+            lists.append(self._heartbeats)
+        for li in lists:
+            li.append(callback)
+        self._wants()
+
+        def unsubscribe() -> None:
+            for li in lists:
+                if callback in li:
+                    li.remove(callback)
+            self._wants()
+        return unsubscribe
+
+    def _wants(self) -> None:
+        self.wants_messages = bool(self._each_message or self._message_batches)
+        self.wants_heartbeats = bool(self._heartbeats)
+
     def emit(self, ev: ServerEvent) -> None:
         """Hand `ev` to every subscriber; a subscriber's exception is reported, never raised."""
-        for cb in self.subscribers:
+        self._deliver(self._subscribers, ev)
+
+    def heartbeat(self, view: ClientView) -> None:
+        """A HEARTBEAT arrived (call only when `wants_heartbeats`)."""
+        self._deliver(self._heartbeats, HeartbeatReceived(view))
+
+    def messages(self, view: ClientView, msgs: list[Msg], duplicates: frozenset[int]) -> None:
+        """The messages of one read (call only when `wants_messages`): one event for the batch
+        subscribers, one per message for the others."""
+        if self._message_batches:
+            self._deliver(self._message_batches, MessagesReceived(view, msgs, duplicates))
+        if self._each_message:
+            each = self._each_message
+            for m in msgs:
+                seq = m.seq
+                self._deliver(each, MessageReceived(view, m.payload, seq, seq is not None and seq in duplicates))
+
+    @staticmethod
+    def _deliver(subscribers: list[Callable[[ServerEvent], None]], ev: ServerEvent) -> None:
+        for cb in subscribers:
             try:
                 cb(ev)
             except Exception as e:  # a subscriber's bug must not take the server down

@@ -111,23 +111,16 @@ class Server:
     # ---------------------------------------------------------------- events
 
     def subscribe(self, callback: Callable[[ServerEvent], None], *, messages: bool = True,
-                  heartbeats: bool = False) -> Callable[[], None]:
+                  heartbeats: bool = False, batch_messages: bool = False) -> Callable[[], None]:
         """Call `callback(event)` in the event loop for every event; returns an unsubscribe.
 
-        `messages` / `heartbeats`: whether this subscriber wants those (frequent) events; when no
-        subscriber does, the server does not build them at all.
+        `messages` / `heartbeats`: whether this subscriber wants those (frequent) events:
+        `MessageReceived` / `HeartbeatReceived`; when no subscriber does, the server does not
+        build them at all.  With `batch_messages`, it gets one `MessagesReceived` per read
+        (every message of that read, in order) instead of a `MessageReceived` each.
         """
-        hub = self._hub
-        hub.subscribers.append(callback)
-        if messages:
-            hub.wants_messages = True
-        if heartbeats:
-            hub.wants_heartbeats = True
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                hub.subscribers.remove(callback)
-        return unsubscribe
+        return self._hub.subscribe(callback, messages=messages, batch_messages=batch_messages,
+                                   heartbeats=heartbeats or self.config.verbose)
 
     async def events(self, maxsize: int = 10000) -> AsyncIterator[ServerEvent]:
         """Iterate over server events.  If you fall more than `maxsize` behind, the oldest

@@ -1,0 +1,166 @@
+"""Output that never blocks the event loop: log lines go to a bounded buffer that a thread writes.
+
+A terminal paused with Ctrl-S, a slow `| grep` or a stuck log shipper stops reading the server's
+stdout; a `write()` on the loop would then block the loop, and with it every PONG and every
+deadline (STYLE.md, "Flow control").  `LineSink` keeps the loop out of it:
+
+- the loop appends lines to a list; the first line of a loop iteration schedules one hand-over
+  at the end of that iteration, so lines go out in batches (one write per iteration, not one
+  write and flush per line), and a terminal still sees each line at once;
+- a thread of its own writes each batch to the file descriptor with blocking writes;
+- the bytes handed over and not yet written are bounded (`max_bytes`): past the bound, lines
+  are dropped and counted, never queued.  Once the thread has caught up, the next batch starts
+  with a notice of how many lines were dropped and for how long the output was not read
+  (`notice`), and `dropped` keeps the total for metrics.
+
+Overflow policy: drop the newest lines (what the reader has not taken yet stays in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import IO
+
+__all__ = ["DEFAULT_MAX_BYTES", "LineSink"]
+
+#: Bytes of log lines held for a reader that does not keep up: a few seconds of the fastest
+#: message log, and nothing a server would miss in memory.
+DEFAULT_MAX_BYTES = 4 << 20
+
+
+class LineSink:
+    """Write text lines to `stream` without blocking the event loop (see the module docstring).
+
+    `stream` with a real file descriptor (stdout, a file, a pipe) is written by the thread; any
+    other stream (a `StringIO` in a test) is written at once.  `notice(lines, seconds)` makes the
+    line that reports a drop.  Call `close()` before the process exits: it waits (up to a
+    timeout) for what is queued to be written.
+    """
+
+    def __init__(self, stream: IO[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 notice: Callable[[int, float], str] | None = None) -> None:
+        self.stream = stream
+        self.max_bytes = max_bytes
+        self._notice = notice
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        else:
+            stream.flush()  # what was printed before goes out before our lines
+        #: Lines dropped so far (the total, for metrics) and not yet reported in the output.
+        self.dropped = 0
+        self._unreported = 0
+        self._dropped_since = 0.0
+        # Lines of the current loop iteration; a hand-over is scheduled when this is non-empty.
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Hand-over to the writer thread: bytes handed over and written, each counted by one
+        # side only, so that neither needs a lock to read the other's progress.
+        self._chunks: deque[bytes] = deque()
+        self._handed = 0
+        self._written = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: OSError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes handed to the writer and not written yet."""
+        return self._handed - self._written
+
+    def write(self, line: str) -> None:
+        """Queue one line (with its newline).  Never blocks; may drop (see the module docstring)."""
+        if self._fd is None:
+            self.stream.write(line)
+            self.stream.flush()
+            return
+        self._lines.append(line)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is None:
+                try:
+                    loop = self._loop = asyncio.get_running_loop()
+                except RuntimeError:  # outside a loop (start-up, shutdown): hand over now
+                    self._hand_over()
+                    return
+            loop.call_soon(self._hand_over)
+
+    def flush(self) -> None:
+        """Hand over what is queued now (the loop does it by itself once per iteration)."""
+        if self._lines:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._scheduled = False
+        lines = self._lines
+        if not lines:
+            return
+        self._lines = []
+        if self._unreported and self._notice is not None and self.pending == 0:
+            # The reader has caught up with everything before the drop: say what was lost.
+            lines.insert(0, self._notice(self._unreported, time.monotonic() - self._dropped_since))
+            self._unreported = 0
+        data = "".join(lines).encode(self.encoding, "replace")
+        if self.pending + len(data) > self.max_bytes:
+            if not self._unreported:
+                self._dropped_since = time.monotonic()
+            self._unreported += len(lines)
+            self.dropped += len(lines)
+            return
+        self._push(data)
+
+    def _push(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._handed += len(data)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tcpulse-output", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        fd = self._fd
+        assert fd is not None
+        chunks = self._chunks
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while chunks:
+                data = chunks.popleft()
+                view = memoryview(data)
+                while view:
+                    try:
+                        n = os.write(fd, view)
+                    except BlockingIOError:  # a non-blocking descriptor someone else set up
+                        time.sleep(0.01)
+                        continue
+                    except OSError as e:  # the reader is gone (EPIPE): nothing more can be shown
+                        self.error = e
+                        n = len(view)
+                    view = view[n:]
+                self._written += len(data)
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Hand over the last lines and wait up to `timeout` seconds for them to be written;
+        False if the reader did not take them in time (they are then lost)."""
+        self.flush()
+        if self._unreported and self._notice is not None:
+            # Say it now, even if the reader has not caught up: this is the last chance.
+            line = self._notice(self._unreported, time.monotonic() - self._dropped_since)
+            self._unreported = 0
+            if self._fd is None:
+                self.stream.write(line)
+            else:
+                self._push(line.encode(self.encoding, "replace"))
+        end = time.monotonic() + timeout
+        while self.pending and time.monotonic() < end:
+            time.sleep(0.005)
+        return not self.pending
