@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from tcpulse.cli.output import LineSink
-
 from tests.conftest import MS, RawClient, tcpulse_cmd
 
 
