@@ -15,7 +15,7 @@ import enum
 import heapq
 import math
 from array import array
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Generic, TypeVar
@@ -329,10 +329,13 @@ class Tracker(Generic[K]):
             heapq.heappop(heap)  # stale: the client is gone or has a newer entry
         return None
 
-    def poll(self, now: float) -> list[Verdict[K]]:
+    def poll(self, now: float, spoke: Callable[[K], bool] | None = None) -> list[Verdict[K]]:
         """Every change of state due at `now`: clients turning suspect, and dead ones.
 
-        A dead client is no longer watched; the caller must close its connection.
+        A dead client is no longer watched; the caller must close its connection.  `spoke(key)`,
+        if given, is asked before a client is declared dead: True means the client did speak
+        (its bytes are waiting, unread by the caller), and it counts as heard at `now`.  A client
+        is judged only by what it did, never by what its server did not read.
         """
         out: list[Verdict[K]] = []
         heap = self._heap
@@ -343,6 +346,12 @@ class Tracker(Generic[K]):
             if e is None or e.queued != n:
                 continue  # stale
             dead_at = e.last + self._dead_after(e)
+            if now >= dead_at and spoke is not None and spoke(key):
+                if self.touch(key, now):
+                    out.append(Verdict(key, State.ALIVE, 0.0, 0.0, now))
+                else:
+                    self._push(key, e)
+                continue
             if now >= dead_at:
                 del entries[key]
                 det = e.detector

@@ -46,6 +46,9 @@ class ServerConfig:
     max_buffered: int | None = None  # None: security.DEFAULT_MAX_BUFFERED
     max_queued: int | None = None  # None: security.DEFAULT_MAX_QUEUED
     max_write_buffer: int | None = None  # None: 2 x (max_payload + max_line), at least 1 MiB
+    #: Flow control: past this many bytes of messages taken and not yet stored, the server stops
+    #: reading from the clients that send them, and reads again below a quarter of it.
+    max_store_backlog: int = 32 << 20
     #: "fixed": dead at the timeout; "phi": phi accrual, dead when phi passes the threshold or
     #: at the timeout, whichever is first, never before 1.5 intervals (docs/detection.md).
     detector: str = "fixed"
@@ -116,7 +119,7 @@ def validate_limits(cfg: ServerConfig) -> None:
         raise ValueError(_("{option} must be greater than 0 (got {value})").format(option="--auth-timeout",
                                                                                    value=cfg.auth_timeout))
     for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
-                 "max_strikes", "max_buffered", "max_write_buffer", "max_queued"):
+                 "max_strikes", "max_buffered", "max_write_buffer", "max_queued", "max_store_backlog"):
         v = getattr(cfg, name)
         if v is not None and v < 0:
             raise ValueError(_("{option} must be 0 (off) or more (got {value})").format(

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import secrets
+import struct
+import termios
 import time
 from typing import Any
 
@@ -49,6 +52,7 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_acked_sent",
         "_closed",
+        "_held",
         "_hub",
         "_linger",
         "_ping_ctx",
@@ -108,6 +112,9 @@ class ServerConnection(asyncio.Protocol):
         self._ping_sent = 0.0
         self._linger: asyncio.TimerHandle | None = None
         self._closed = False
+        #: Reading paused for the store (Hub.store_messages): a second reason to pause, beside
+        #: the HELLO being answered (`conn.paused`); reading resumes when neither holds.
+        self._held = False
 
     # ---------------------------------------------------------------- Peer: read side
 
@@ -323,8 +330,28 @@ class ServerConnection(asyncio.Protocol):
         # Parse what arrived behind the HELLO, then read on.
         if self.transport is not None and not self._closed:
             self.data_received(b"")
-            if not self.conn.paused and not self._closed:
+            if not self.conn.paused and not self._closed and not self._held:
                 self.transport.resume_reading()
+
+    def hold_reading(self, hold: bool) -> None:
+        self._held = hold
+        tr = self.transport
+        if tr is None or self._closed:
+            return
+        if hold:
+            tr.pause_reading()
+        elif not self.conn.paused:
+            tr.resume_reading()
+
+    def unread(self) -> int:
+        tr = self.transport
+        sock = None if tr is None else tr.get_extra_info("socket")
+        if sock is None:
+            return 0
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+        except (OSError, ValueError):  # closed meanwhile
+            return 0
 
     def send_frame(self, event: Event) -> None:
         self.conn.send(event)

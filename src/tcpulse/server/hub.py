@@ -27,6 +27,7 @@ from tcpulse.server.events import (
     HelloReceived,
     MessageReceived,
     MessagesReceived,
+    Recovered,
     ServerEvent,
     Suspect,
     TimedOut,
@@ -78,6 +79,13 @@ class Hub:
         #: the open clients' own counters for live figures (admin/metrics.py does).
         self.totals = {"connections": 0, "messages": 0, "timeouts": 0, "heartbeats": 0, "errors": 0,
                        "bytes_in": 0, "bytes_out": 0}
+        #: Flow control from the store (PROTOCOL.md is silent; STYLE.md, "Flow control"): senders
+        #: whose reading is paused because the store's backlog passed the high watermark.
+        self.store_high = config.max_store_backlog
+        self.store_low = config.max_store_backlog // 4
+        self.paused: set[Peer] = set()
+        #: How many times a sender was paused for the store (a figure for the admin and tests).
+        self.pauses = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -198,6 +206,7 @@ class Hub:
     def connection_lost(self, c: Peer) -> None:
         """`c` ended (for whatever reason, once): forget it, record it, report it."""
         self.guard.lost(c)
+        self.paused.discard(c)
         if not self.registry.remove(c):
             return
         self.tracker.remove(c)
@@ -222,17 +231,29 @@ class Hub:
     # ---------------------------------------------------------------- store
 
     def store_messages(self, c: Peer, msgs: list[Msg]) -> None:
-        """Queue what arrived together on `c`, in order (numbered ones are acknowledged on commit)."""
+        """Queue what arrived together on `c`, in order (numbered ones are acknowledged on commit).
+        Past the store's high watermark, `c` is not read from until the backlog is below the low
+        one: TCP then pushes back on the client, and the server's memory stays bounded."""
         if msgs:
-            self.store.add_messages(c.id or c.addr, c.session, c.conn_id, time.time(), msgs)
+            store = self.store
+            store.add_messages(c.id or c.addr, c.session, c.conn_id, time.time(), msgs)
+            if store.backlog > self.store_high and c not in self.paused and not c.closed:
+                self.paused.add(c)
+                self.pauses += 1
+                c.hold_reading(True)
 
     def on_commit(self, highs: dict[SessionKey, int]) -> None:
-        """The store committed these sessions up to these seqs: send the ACKs owed."""
+        """The store committed these sessions up to these seqs: send the ACKs owed, and read
+        again from the senders paused for the store once its backlog is low."""
         owner = self.registry.session_owner
         for key, seq in highs.items():
             c = owner(key)
             if c is not None:
                 c.acknowledge(seq)
+        if self.paused and self.store.backlog <= self.store_low:
+            paused, self.paused = self.paused, set()
+            for c in paused:
+                c.hold_reading(False)
 
     def on_store_state(self, failing: bool, text: str) -> None:
         # PROTOCOL.md, "Errors", 503: a numbered sender with unacknowledged messages is closed,
@@ -323,9 +344,11 @@ class Hub:
             self._timer = asyncio.get_running_loop().call_later(self._timer_when - now, self._on_timer)
             return
         dead = []
-        for v in self.tracker.poll(now):
+        for v in self.tracker.poll(now, spoke=self._spoke):
             c = v.key
-            if v.state is State.SUSPECT:
+            if v.state is State.ALIVE:
+                self.emit(Recovered(c.view, v.silent_for))
+            elif v.state is State.SUSPECT:
                 self.emit(Suspect(c.view, v.silent_for))
             elif v.state is State.DEAD and not c.closed:
                 # Announce first: every BYE of this batch goes on the wire before any logging,
@@ -344,6 +367,12 @@ class Hub:
             c.end(DisconnectReason.TIMEOUT, "heartbeat-timeout", linger=True)
         if not self.closing:
             self.arm()
+
+    @staticmethod
+    def _spoke(c: Peer) -> bool:
+        # Before a client is declared dead: did it speak, and the server not read it (reading
+        # paused for the store, or the loop ran late)?  Its bytes wait in the kernel then.
+        return c.unread() > 0
 
     def _detector(self, interval: float) -> Detector | None:
         # One per client, learning from its interval on (None: the fixed timeout, no state).

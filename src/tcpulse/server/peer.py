@@ -95,6 +95,12 @@ class Peer(Protocol):
     def resume(self) -> None:
         """After `OK`: handle what arrived behind the HELLO, then read on."""
 
+    def hold_reading(self, hold: bool) -> None:
+        """Stop (True) or start again (False) reading from the socket for the store's sake."""
+
+    def unread(self) -> int:
+        """Bytes the client sent that wait unread in the kernel (0 if unknown)."""
+
     def send_frame(self, event: Event) -> None:
         """Send one frame now."""
 

@@ -79,12 +79,18 @@ class Store:
     keeps_unnumbered = True
     #: True while the store cannot write; the server stops acknowledging and sheds senders.
     failing = False
+    #: Bytes of messages taken by `add_messages()` and not kept yet (0 for a store that keeps
+    #: them at once).  The server stops reading from senders while this is high (flow control),
+    #: and the commit listener is called when it goes down.
+    backlog = 0
 
     def __init__(self) -> None:
         self._listener: CommitListener | None = None
         self._state_listener: StateListener | None = None
 
     def set_commit_listener(self, listener: CommitListener) -> None:
+        """`listener(highs)` is called in the loop after each commit, with the highest stored seq
+        of each session that had numbered messages in it (possibly none: `backlog` went down)."""
         self._listener = listener
 
     def set_state_listener(self, listener: StateListener) -> None:

@@ -101,6 +101,10 @@ MAX_BATCH = 50_000
 
 _STOP = object()
 
+#: What a queued message costs in memory beyond its payload (the frame object, its place in the
+#: lists): the unit of `backlog` is an estimate of the memory it holds, not the payload bytes.
+MSG_OVERHEAD = 100
+
 #: Seconds between WAL checkpoints while writing (in the checkpointer thread).
 CHECKPOINT_EVERY = 1.0
 
@@ -260,7 +264,12 @@ class SQLiteStore(Store):
             if not kept:
                 return
             msgs = kept
-        self._push(("m", client_id, session, conn_id, received_at, msgs))
+        size = 0
+        for m in msgs:
+            size += len(m.payload)
+        size += MSG_OVERHEAD * len(msgs)
+        self.backlog += size
+        self._push(("m", client_id, session, conn_id, received_at, msgs, size))
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise StoreUnavailable if the
@@ -306,8 +315,9 @@ class SQLiteStore(Store):
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(fn, *args)
 
-    def _committed(self, highs: dict[SessionKey, int], flushes: list[_Flush]) -> None:
-        if highs and self._listener is not None:
+    def _committed(self, highs: dict[SessionKey, int], flushes: list[_Flush], done: int) -> None:
+        self.backlog -= done
+        if (highs or done) and self._listener is not None:
             self._listener(highs)
         for f in flushes:
             if not f.fut.done():
@@ -512,6 +522,7 @@ class SQLiteStore(Store):
         flushes: list[_Flush] = []
         msgs: list[Any] = []  # the parameters of every message row, flat: ROW_PARAMS per row
         touched: set[SessionKey] = set()
+        done = 0  # backlog bytes this transaction takes off the loop's count
         con.execute("BEGIN IMMEDIATE")
         # Hot loop.  Each item is one read's messages from one connection; consecutive items
         # often come from the same one, so its session row, connection row and running high
@@ -524,7 +535,8 @@ class SQLiteStore(Store):
         extend = msgs.extend
         for op in ops:
             if type(op) is tuple and op[0] == "m":
-                _, cid, sess, conn_id, at, items = op
+                _, cid, sess, conn_id, at, items, size = op
+                done += size
                 if conn_id != run_conn or cid is not run_cid or sess is not run_sess:
                     if top >= 0:
                         new_high[key] = top
@@ -584,8 +596,8 @@ class SQLiteStore(Store):
         # Every session with a numbered message in this batch gets its high, duplicates included:
         # a duplicate is acknowledged again by an ACK of the highest stored seq.
         highs = {k: high.get(k, 0) for k in touched}
-        if highs or flushes:
-            self._report(self._committed, highs, flushes)
+        if highs or flushes or done:
+            self._report(self._committed, highs, flushes, done)
 
     def _session_row(self, con: sqlite3.Connection, key: SessionKey) -> tuple[int, int]:
         row = con.execute("SELECT id, high FROM sessions WHERE client_id = ? AND session = ?", key).fetchone()
