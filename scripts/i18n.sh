@@ -10,7 +10,7 @@ PY=.venv/bin/python
 PO=src/tcpulse/i18n/locale/zh/LC_MESSAGES/tcpulse.po
 POT=$(mktemp --suffix=.pot)
 trap 'rm -f "$POT"' EXIT
-# Every string shown: the code's _() and ngettext(), the command line's help texts, click's own words.
+# Every string shown: the code's _(), N_() and ngettext(), the command line's help texts, click's own words.
 extract() { "$PY" scripts/i18n_pot.py "$POT"; }
 case "${1:-check}" in
   update)

@@ -1,5 +1,6 @@
 """Write the template of every string tcpulse shows, for scripts/i18n.sh: what the code passes to
-`_()`, the help texts of the command line, and click's own words (usage lines, errors)."""
+`_()`, the library's error templates (marked `N_()`, translated by the command line when it shows
+them), the help texts of the command line, and click's own words (usage lines, errors)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from tcpulse.cli.click_i18n import help_texts
 from tcpulse.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Words click translates through a variable (click 8.2+: `_(extra["required"])`), out of the
+#: extractor's sight: without this, an update of the catalog would drop their translations.
+CLICK_UNSEEN = ("required",)
 
 
 def extract(source: Path, *keywords: str) -> Catalog:
@@ -30,12 +34,15 @@ def extract(source: Path, *keywords: str) -> Catalog:
 
 
 def main_() -> None:
-    out = extract(ROOT / "src" / "tcpulse", "_", "ngettext:1,2")
+    out = extract(ROOT / "src" / "tcpulse", "_", "N_", "ngettext:1,2")
     for text in help_texts(main):
         out.add(text, auto_comments=["command-line help"])
     for m in extract(Path(click.__file__).parent, "_", "ngettext:1,2"):
         if m.id and m.id not in out:
             out.add(m.id, auto_comments=["click (usage lines and errors)"])
+    for word in CLICK_UNSEEN:
+        if word not in out:
+            out.add(word, auto_comments=["click (usage lines and errors)"])
     with open(sys.argv[1], "wb") as f:
         write_po(f, out, width=100, omit_header=False)
 

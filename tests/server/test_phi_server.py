@@ -66,7 +66,7 @@ async def test_fixed_detector_shows_no_phi(start_server) -> None:  # type: ignor
 
 
 def test_detector_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="--detector"):
+    with pytest.raises(ValueError, match="detector must be fixed or phi"):
         ServerConfig(detector="magic").validate()
     with pytest.raises(ValueError, match="--phi-threshold"):
         ServerConfig(detector="phi", phi_threshold=-1).validate()

@@ -521,11 +521,12 @@ def test_admin_token_guards_every_endpoint_but_healthz(server_process: Any) -> N
 
 
 def test_limit_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="--max-write-buffer"):
+    # The library names fields (ConfigError); `tcpulse serve` shows them as flags.
+    with pytest.raises(ValueError, match="max_write_buffer"):
         Server(ServerConfig(port=0, max_write_buffer=1000))
-    with pytest.raises(ValueError, match="--max-clients"):
+    with pytest.raises(ValueError, match="max_clients"):
         Server(ServerConfig(port=0, max_clients=-1))
-    with pytest.raises(ValueError, match="--tls-client-ca needs TLS"):
+    with pytest.raises(ValueError, match="tls_client_ca needs TLS"):
         Server(ServerConfig(port=0, tls_client_ca="ca.pem"))
     from tcpulse.server.config import write_buffer_cap
     assert write_buffer_cap(ServerConfig()) == 2 * ((1 << 20) + 4096)

@@ -1,4 +1,5 @@
-"""What every sub-command shares: one-line errors, the event loop runner, the language option."""
+"""What every sub-command shares: one-line errors (a library error in the user's language), the
+event loop runner, the language option."""
 
 from __future__ import annotations
 
@@ -10,17 +11,36 @@ from typing import Any, NoReturn
 import click
 
 from tcpulse.cli.click_i18n import localize, use_click_catalog
+from tcpulse.errors import ConfigError, TcpulseError
 from tcpulse.i18n import _, set_language
 
-__all__ = ["DEFAULT_PORT", "fail", "lang_option", "loop_runner", "run_loop", "use_language"]
+__all__ = ["DEFAULT_PORT", "error_text", "fail", "flag", "lang_option", "loop_runner", "run_loop", "use_language"]
 
 DEFAULT_PORT = 12345
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One clear line on stderr, then exit."""
+    """One clear line on stderr, then exit.  For an exception, pass `error_text(e)`."""
     click.echo(f"tcpulse: error: {message}", err=True)
     sys.exit(code)
+
+
+def error_text(e: BaseException) -> str:
+    """What `e` says, in the language in force.  The library speaks English (`str(e)`); for a
+    `TcpulseError` this translates its template and fills it with its params, a param that is
+    itself an exception shown the same way, and a setting a `ConfigError` names shown as its flag
+    (`heartbeat_timeout` -> `--heartbeat-timeout`).  Any other exception: `str(e)`."""
+    if not isinstance(e, TcpulseError):
+        return str(e)
+    params = {k: error_text(v) if isinstance(v, BaseException) else v for k, v in e.params.items()}
+    if isinstance(e, ConfigError):
+        params.update({k: flag(field) for k, field in e.names.items()})
+    return _(e.template).format(**params)
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a setting: `ServerConfig.max_write_buffer` -> `--max-write-buffer`."""
+    return "--" + field.replace("_", "-")
 
 
 def loop_runner(loop_kind: str = "auto") -> tuple[Callable[[Coroutine[Any, Any, Any]], Any], str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from tcpulse.cli.common import DEFAULT_PORT, _positive, fail, lang_option, run_loop
+from tcpulse.cli.common import DEFAULT_PORT, _positive, error_text, fail, lang_option, run_loop
 from tcpulse.client.client import Client, default_id
 from tcpulse.client.errors import ConnectError, ServerError
 from tcpulse.client.events import ClientEvent
@@ -164,7 +164,7 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
             else:
                 _say(text)
         elif k == "disconnected":
-            why = state["why"] or d["reason"]
+            why = state["why"] or error_text(d["error"])
             state["why"] = None
             if d.get("reconnect"):
                 state["lost_at"] = time.monotonic()
@@ -174,11 +174,11 @@ def _client_printer(opts: ConnectOptions) -> Callable[[ClientEvent], None]:
                 _say(_("Disconnected from the server: {reason}").format(reason=why))
         elif k == "waiting":
             _say(_("Cannot connect to the server {host}:{port} ({why}): trying again until it answers "
-                   "(Ctrl-C stops)").format(host=opts.host, port=opts.port, why=d["reason"]))
+                   "(Ctrl-C stops)").format(host=opts.host, port=opts.port, why=error_text(d["error"])))
         elif k == "reconnecting" and opts.verbose:
             _say(_("Reconnecting in {delay:.1f} s (attempt {n})").format(delay=d["delay"], n=d["attempt"]))
         elif k == "retry-failed" and opts.verbose:
-            _say(d["reason"])
+            _say(error_text(d["error"]))
     return on_event
 
 
@@ -243,7 +243,7 @@ async def _connect(opts: ConnectOptions) -> int:
         try:
             box = SQLiteOutbox(opts.outbox)
         except OutboxError as e:
-            fail(str(e))
+            fail(error_text(e))
         if client_id is not None and box.client_id not in (None, client_id):
             fail(_("outbox {path} belongs to client id {id}: use --id {id} or another --outbox").format(
                 path=opts.outbox, id=box.client_id))
@@ -274,7 +274,8 @@ async def _connect(opts: ConnectOptions) -> int:
     except ConnectError as e:
         _say(_("Cannot connect to the server {host}:{port}").format(host=opts.host, port=opts.port))
         from tcpulse.cli.token import plain_hint, tls_hint
-        fail(str(e) + (tls_hint(str(e), e.kind) if opts.ssl_context is not None else plain_hint(str(e), e.kind)))
+        hint = tls_hint(str(e), e.kind) if opts.ssl_context is not None else plain_hint(str(e), e.kind)
+        fail(error_text(e) + hint)
     except ServerError as e:
         hint = _(" (give this id's token with --token or TCPULSE_TOKEN; with mutual TLS, a client certificate "
                  "for this id with --tls-cert and --tls-key)") if e.code == 401 else ""
@@ -311,7 +312,7 @@ async def _connect(opts: ConnectOptions) -> int:
             try:
                 await client.send(line)
             except (ValueError, RuntimeError) as e:
-                _say(str(e))
+                _say(error_text(e))
     finally:
         stopper.cancel()
     if done.done():

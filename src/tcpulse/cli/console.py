@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import IO, Any
 
+from tcpulse.cli.common import error_text
 from tcpulse.cli.output import LineSink
 from tcpulse.i18n import _
 from tcpulse.i18n.display import escape
@@ -234,7 +235,8 @@ class ConsoleLog:
             return _("Protocol error from {client} ({addr}): ERR {code} {text}").format(
                 client=ev.client.name, addr=ev.client.addr, code=ev.code, text=escape(ev.text))
         if isinstance(ev, Warning_):
-            return _("Warning: {text}").format(text=ev.text)
+            text = ev.text if ev.error is None else ev.text.replace(str(ev.error), error_text(ev.error), 1)
+            return _("Warning: {text}").format(text=text)
         if isinstance(ev, Listening):
             return (_("Server started, listening on {host}:{port}").format(host=ev.host, port=ev.port)
                     + "\n" + f"[{self._stamps.local()}] "

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from tcpulse.cli.common import fail
+from tcpulse.cli.common import error_text, fail
 from tcpulse.i18n import _
 from tcpulse.i18n.display import escape, iso_ts
 from tcpulse.server.server import Server
@@ -56,7 +56,7 @@ def _open(db: str) -> sqlite3.Connection:
     try:
         app, ver = check_database(db)
     except StoreOpenError as e:
-        fail(str(e))
+        fail(error_text(e))
     if app != APPLICATION_ID:
         fail(_("{path} is not a tcpulse database (give the --db that `tcpulse serve` used)").format(path=db))
     if ver > SCHEMA_VERSION:

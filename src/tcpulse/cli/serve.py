@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tcpulse.cli.common import DEFAULT_PORT, _positive, fail, lang_option, run_loop
+from tcpulse.cli.common import DEFAULT_PORT, _positive, error_text, fail, lang_option, run_loop
 from tcpulse.cli.console import ConsoleLog
 from tcpulse.i18n import _
 from tcpulse.server.config import ServerConfig
@@ -120,7 +120,7 @@ def serve(**opts: Any) -> None:
     try:
         cfg.validate()
     except ValueError as e:
-        fail(str(e), 2)
+        fail(error_text(e), 2)
     level = "quiet" if quiet else "verbose" if verbose else "normal"
     log = ConsoleLog(json_format=log_format == "json", level=level, max_buffered=log_buffer)
     try:
@@ -148,7 +148,7 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     try:
         await server.start()
     except StoreOpenError as e:
-        fail(str(e))
+        fail(error_text(e))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             fail(_("port {port} on {host} is already in use: stop the other server or "

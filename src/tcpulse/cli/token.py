@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tcpulse.admin.auth import admin_bind_error
-from tcpulse.cli.common import fail
+from tcpulse.cli.common import error_text, fail
 from tcpulse.cli.console import ConsoleLog
 from tcpulse.i18n import _
 from tcpulse.i18n.display import iso_ts
@@ -61,7 +61,7 @@ def token_add(client_id: str, auth_file: str, replace: bool) -> None:
     try:
         tok = AuthFile(auth_file).add(client_id, replace=replace)
     except (AuthFileError, OSError) as e:
-        fail(str(e))
+        fail(error_text(e))
     click.echo(_("Token for {id} (shown once; {path} keeps only its SHA-256):").format(id=client_id, path=auth_file),
                err=True)
     click.echo(tok)
@@ -75,7 +75,7 @@ def token_list(auth_file: str) -> None:
     try:
         af.load()
     except AuthFileError as e:
-        fail(str(e))
+        fail(error_text(e))
     entries = af.entries()
     if not entries:
         click.echo(_("No tokens in {path}.").format(path=auth_file))
@@ -94,7 +94,7 @@ def token_revoke(client_id: str, auth_file: str) -> None:
     try:
         gone = AuthFile(auth_file).revoke(client_id)
     except (AuthFileError, OSError) as e:
-        fail(str(e))
+        fail(error_text(e))
     if not gone:
         fail(_("{id} has no token in {path}: see 'tcpulse token list --auth-file {path}'").format(
             id=client_id, path=auth_file))
@@ -109,7 +109,7 @@ def serve_security_setup(server: Server) -> None:
     try:
         server.guard.prepare()
     except ValueError as e:
-        fail(str(e), 2)
+        fail(error_text(e), 2)
 
 
 def serve_security_start(server: Server, log: ConsoleLog) -> None:
@@ -160,19 +160,20 @@ def connect_tls(tls: bool, ca: str | None, insecure: bool, cert: str | None, key
     try:
         return client_ssl_context(ca, insecure=insecure, cert=cert, key=key)
     except SecurityConfigError as e:
-        fail(str(e), 2)
+        fail(error_text(e), 2)
 
 
 def plain_hint(message: str, kind: str = "") -> str:
     """A fix to add when a connection without TLS got no INFO: a TLS server says nothing first.
-    `kind` is the ConnectError's (the message may be in another language)."""
+    `message` is the ConnectError's English text, `kind` its kind."""
     if kind.startswith("handshake"):
         return _(" (if the server uses TLS, add --tls)")
     return ""
 
 
 def tls_hint(message: str, kind: str = "") -> str:
-    """A fix to add to a failed TLS connection's error line (`kind`: the ConnectError's)."""
+    """A fix to add to a failed TLS connection's error line (`message`, `kind`: the ConnectError's
+    English text and kind)."""
     if "CERTIFICATE_VERIFY_FAILED" in message or "certificate verify failed" in message.lower() \
             or "Hostname mismatch" in message or "expired" in message:
         return _(" (check that --ca is the CA that signed the server's certificate, that HOST is a name "

@@ -21,10 +21,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from tcpulse.client.errors import ConnectError, ServerDead, ServerError
+from tcpulse.client.errors import ConnectError, ServerClosed, ServerDead, ServerError
 from tcpulse.client.events import ClientEvent
 from tcpulse.client.outbox import MemoryOutbox, Outbox
-from tcpulse.i18n import _
+from tcpulse.errors import N_
 from tcpulse.policy.backoff import Backoff, is_retryable
 from tcpulse.policy.liveness import Action, ClientLiveness, ScheduledBeats
 from tcpulse.protocol.connection import Connection, Role
@@ -104,7 +104,7 @@ class Client:
         except (ConnectError, ServerError) as e:
             if not (self.wait_for_server and _worth_waiting(e)):
                 raise
-            self._emit("waiting", reason=str(e))
+            self._emit("waiting", reason=str(e), error=e)
             reader, writer = await self._reconnect()
         self._task = asyncio.create_task(self._run(reader, writer))
 
@@ -226,23 +226,23 @@ class Client:
                 server_hostname=self.server_hostname if self.ssl_context else None,
                 local_addr=self.source_address, limit=1 << 21), self.connect_timeout)
         except ConnectionRefusedError as e:
-            raise ConnectError(_("connection to {host}:{port} refused: is the server running?").format(
-                host=self.host, port=self.port), "refused") from e
+            raise ConnectError("refused", N_("connection to {host}:{port} refused: is the server running?"),
+                               host=self.host, port=self.port) from e
         except ssl.SSLError as e:
             why = e.reason or str(e)
             if getattr(e, "verify_message", None):  # which check failed: CA, name, expiry
                 why = f"{why}: {e.verify_message}"  # type: ignore[attr-defined]
-            raise ConnectError(_("TLS handshake with {host}:{port} failed: {why}").format(
-                host=self.host, port=self.port, why=why), "tls") from e
+            raise ConnectError("tls", N_("TLS handshake with {host}:{port} failed: {why}"),
+                               host=self.host, port=self.port, why=why) from e
         except TimeoutError as e:
-            raise ConnectError(_("no answer from {host}:{port} within {seconds:g} s").format(
-                host=self.host, port=self.port, seconds=self.connect_timeout), "timeout") from e
+            raise ConnectError("timeout", N_("no answer from {host}:{port} within {seconds:g} s"),
+                               host=self.host, port=self.port, seconds=self.connect_timeout) from e
         except socket.gaierror as e:
-            raise ConnectError(_("cannot resolve host {host}: {error}").format(
-                host=repr(self.host), error=e.strerror), "resolve") from e
+            raise ConnectError("resolve", N_("cannot resolve host {host}: {error}"),
+                               host=repr(self.host), error=e.strerror) from e
         except OSError as e:
-            raise ConnectError(_("cannot connect to {host}:{port}: {error}").format(
-                host=self.host, port=self.port, error=e.strerror or e), "os") from e
+            raise ConnectError("os", N_("cannot connect to {host}:{port}: {error}"),
+                               host=self.host, port=self.port, error=e.strerror or e) from e
 
     async def _read_events(self, reader: asyncio.StreamReader) -> list[Any]:
         conn = self._conn
@@ -250,13 +250,13 @@ class Client:
         data = await reader.read(65536)
         if not data:
             conn.receive_eof()
-            raise EOFError(_("server closed the connection"))
+            raise ServerClosed.eof()
         evs = conn.receive_data(data)
         out = conn.data_to_send()  # PONGs to the server's PINGs
         if out and self._writer is not None:
             self._writer.write(out)
         if conn.error is not None:
-            raise ConnectError(_("server sent a bad frame: {text}").format(text=conn.error.text), "bad-frame")
+            raise ConnectError("bad-frame", N_("server sent a bad frame: {text}"), text=conn.error.text)
         return evs
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -271,7 +271,7 @@ class Client:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise ConnectError(_("the server did not complete the handshake in time"), "handshake-timeout")
+                    raise ConnectError("handshake-timeout", N_("the server did not complete the handshake in time"))
                 evs = pending or await asyncio.wait_for(self._read_events(reader), remaining)
                 pending = []
                 for i, ev in enumerate(evs):
@@ -291,12 +291,13 @@ class Client:
                         self._leftover = evs[i + 1:]
                         return
                     elif isinstance(ev, Bye):
-                        raise ConnectError(_("server said BYE {reason}").format(reason=ev.reason or "").strip(), "bye")
+                        if ev.reason:
+                            raise ConnectError("bye", N_("server said BYE {reason}"), reason=ev.reason)
+                        raise ConnectError("bye", N_("server said BYE"))
         except TimeoutError as e:
-            raise ConnectError(_("the server did not complete the handshake in time"), "handshake-timeout") from e
+            raise ConnectError("handshake-timeout", N_("the server did not complete the handshake in time")) from e
         except (EOFError, ConnectionError, OSError) as e:
-            raise ConnectError(_("connection lost during the handshake: {error}").format(error=e),
-                               "handshake-lost") from e
+            raise ConnectError("handshake-lost", N_("connection lost during the handshake: {error}"), error=e) from e
 
     def _after_ok(self, ok: Ok) -> None:
         loop = asyncio.get_running_loop()
@@ -356,7 +357,8 @@ class Client:
             self.connected.clear()
             await self._close_writer()
             again = self.reconnect and not self._closing and is_retryable(why, err_code)
-            self._emit("disconnected", reason=str(why), unacked=len(self.outbox.pending()), reconnect=again)
+            self._emit("disconnected", reason=str(why), error=why, unacked=len(self.outbox.pending()),
+                       reconnect=again)
             if self._closing:
                 return
             if not again:
@@ -384,7 +386,7 @@ class Client:
                 if not is_retryable(err_code=e.code):
                     raise
             except ConnectError as e:
-                self._emit("retry-failed", reason=str(e))
+                self._emit("retry-failed", reason=str(e), error=e)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -419,7 +421,7 @@ class Client:
                     self._write(Ping(ctx=ctx))
                 elif act is Action.DEAD:
                     timeout = live.timeout if isinstance(live, ClientLiveness) else 0.0
-                    raise ServerDead(f"no answer from the server within {timeout:g} s")
+                    raise ServerDead(timeout)
         finally:
             if read_task is not None:
                 if not read_task.done():
@@ -456,11 +458,11 @@ class Client:
             elif isinstance(ev, Bye):
                 self._emit("bye", reason=ev.reason)
                 if ev.reason in ("shutdown", "heartbeat-timeout") and self.reconnect and not self._closing:
-                    raise EOFError(_("server said BYE {reason}").format(reason=ev.reason))
+                    raise ServerClosed.bye(ev.reason)
                 if ev.reason == "replaced":
-                    self.error = ConnectError(_("replaced by another connection with the same id"), "replaced")
+                    self.error = ConnectError("replaced", N_("replaced by another connection with the same id"))
                 else:
-                    self.error = EOFError(_("server said BYE {reason}").format(reason=ev.reason or "").strip())
+                    self.error = ServerClosed.bye(ev.reason)
                 self.connected.clear()
                 self._inbox.put_nowait(None)
                 return True

@@ -1,31 +1,46 @@
-"""How a client connection fails: exceptions with a `kind` or `code` and English text."""
+"""How a client connection fails: `TcpulseError`s with a `kind` (or a `code`) and English text."""
 
 from __future__ import annotations
 
-__all__ = ["ConnectError", "ServerDead", "ServerError"]
+from tcpulse.errors import N_, TcpulseError
+
+__all__ = ["ConnectError", "ServerClosed", "ServerDead", "ServerError"]
 
 
-class ConnectError(Exception):
+class ConnectError(TcpulseError):
     """The client could not connect (refused, unreachable, handshake failed).
 
-    The message is in the language of `_i18n.set_language()`; `kind` says what failed whatever the
-    language: "refused", "tls", "timeout", "resolve", "os", "bad-frame", "handshake-timeout",
-    "handshake-lost", "bye", "replaced" (or "" when not given)."""
-
-    def __init__(self, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind
+    `kind` says what failed: "refused", "tls", "timeout", "resolve", "os", "bad-frame",
+    "handshake-timeout", "handshake-lost", "bye", "replaced"."""
 
 
-class ServerError(Exception):
-    """The server answered with `ERR code text`."""
+class ServerError(TcpulseError):
+    """The server answered with `ERR code text` (kind "server-error"; `code` says which)."""
 
     def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"ERR {code} {text}")
+        super().__init__("server-error", N_("ERR {code} {text}"), code=code, text=text)
         self.code = code
         self.text = text
 
 
-class ServerDead(TimeoutError):
-    """Nothing arrived from the server within the timeout after a PING.  A TimeoutError, so that
-    `is_retryable` says yes: a frozen server may resume or be restarted."""
+class ServerDead(TcpulseError, TimeoutError):
+    """Nothing arrived from the server within the timeout after a PING (kind "dead").  A
+    TimeoutError, so that `is_retryable` says yes: a frozen server may resume or be restarted."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__("dead", N_("no answer from the server within {timeout:g} s"), timeout=timeout)
+
+
+class ServerClosed(TcpulseError, EOFError):
+    """The server ended the connection: "eof" (it closed the socket) or "bye" (it said `BYE`,
+    with `reason` in `params`).  An EOFError, so that `is_retryable` says yes."""
+
+    @classmethod
+    def bye(cls, reason: str | None) -> ServerClosed:
+        if reason:
+            return cls("bye", N_("server said BYE {reason}"), reason=reason)
+        return cls("bye", N_("server said BYE"))
+
+    @classmethod
+    def eof(cls) -> ServerClosed:
+        return cls("eof", N_("server closed the connection"))

@@ -10,7 +10,11 @@ __all__ = ["ClientEvent"]
 
 @dataclass(frozen=True, slots=True)
 class ClientEvent:
-    """What the client reports to `on_event` (for a console, a UI or a log)."""
+    """What the client reports to `on_event` (for a console, a UI or a log).
+
+    "waiting", "retry-failed" and "disconnected" carry the failure twice: `error`, the exception
+    (a `TcpulseError` has a `kind`, and what an edge needs to show it in its own language), and
+    `reason`, its English text."""
 
     # connected | info | ok | beat | rtt | ack | message | error | bye | disconnected | reconnecting |
     # retry-failed | renumbered | waiting | dead

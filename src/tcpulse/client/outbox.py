@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 from collections import deque
 
-from tcpulse.i18n import _
+from tcpulse.errors import N_, TcpulseError
 
 __all__ = ["OUTBOX_APPLICATION_ID", "MemoryOutbox", "Outbox", "OutboxError", "SQLiteOutbox", "new_session"]
 
@@ -90,8 +90,10 @@ def new_session() -> str:
     return secrets.token_urlsafe(12).replace("-", "_")
 
 
-class OutboxError(Exception):
-    """The outbox file cannot be used; the message says why and what to do."""
+class OutboxError(TcpulseError):
+    """The outbox file cannot be used; the message says why and what to do.  `kind`: "in-use"
+    (another process has it), "cannot-open" (the lock file cannot be made), "foreign" (the file is
+    something else), "unusable" (SQLite cannot use it)."""
 
 
 class SQLiteOutbox(Outbox):
@@ -108,18 +110,19 @@ class SQLiteOutbox(Outbox):
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise OutboxError(_("outbox {path} is in use by another tcpulse client: stop it or choose "
-                                "another --outbox").format(path=path)) from None
+            raise OutboxError("in-use", N_("outbox {path} is in use by another tcpulse client: stop it or choose "
+                                           "another --outbox"), path=path) from None
         except OSError as e:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
-            raise OutboxError(_("cannot open outbox {path}: {error}").format(path=path, error=e.strerror or e)) from e
+            raise OutboxError("cannot-open", N_("cannot open outbox {path}: {error}"), path=path,
+                              error=e.strerror or e) from e
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             app = self._db.execute("PRAGMA application_id").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app != OUTBOX_APPLICATION_ID and (app != 0 or tables):
-                raise OutboxError(_("{path} is not a tcpulse outbox: choose another --outbox").format(path=path))
+                raise OutboxError("foreign", N_("{path} is not a tcpulse outbox: choose another --outbox"), path=path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -133,8 +136,8 @@ class SQLiteOutbox(Outbox):
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             self._release()
-            raise OutboxError(_("cannot use {path} as an outbox: {error} (choose another --outbox)").format(
-                path=path, error=e)) from e
+            raise OutboxError("unusable", N_("cannot use {path} as an outbox: {error} (choose another --outbox)"),
+                              path=path, error=e) from e
         except OutboxError:
             self._release()
             raise

@@ -4,8 +4,9 @@
 that goes through `_()` to the catalog compiled into the package (`locale/<lang>/LC_MESSAGES`);
 `display` formats timestamps and escapes what clients sent, for people to read.
 
-Used only by the edges (`cli`, `admin`, `bench`): the library below them speaks English and codes.
-Imports nothing of tcpulse.
+Used only by the edges (`cli`, `admin`, `bench`): the library below them speaks English and codes
+(`tcpulse.errors`), and the command line translates its errors when it shows them.
+May import nothing of tcpulse.
 """
 
 from __future__ import annotations

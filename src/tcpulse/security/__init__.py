@@ -1,4 +1,4 @@
 """TLS contexts and certificate identities (`tls`), per-client tokens and the auth file (`tokens`).
 
-May import `protocol` only.
+May import `protocol` and `errors` only.
 """

@@ -6,36 +6,39 @@ import os
 import ssl
 from typing import Any
 
-from tcpulse.i18n import _
+from tcpulse.errors import N_, TcpulseError
 
 __all__ = ["SecurityConfigError", "client_ssl_context", "peer_identities", "server_ssl_context"]
 
 
-class SecurityConfigError(ValueError):
-    """A TLS or auth setting that cannot work; the message names the flag and the fix."""
+class SecurityConfigError(TcpulseError, ValueError):
+    """A TLS setting that cannot work; the message names the flag and the fix.  `kind`: "no-file"
+    (a server certificate, key or CA file is missing), "bad-cert" (the server's certificate and key
+    cannot be used), "bad-client-ca", "no-ca" (the client's --ca is missing), "bad-ca",
+    "bad-client-cert"."""
 
 
 def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """TLS 1.2+ server context; with `client_ca`, clients must present a certificate it signed."""
     for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
         if path is not None and not os.path.isfile(path):
-            raise SecurityConfigError(_("{option} {path}: no such file (give the PEM file's path)").format(
-                option=flag, path=path))
+            raise SecurityConfigError("no-file", N_("{option} {path}: no such file (give the PEM file's path)"),
+                                      option=flag, path=path)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as e:
-        raise SecurityConfigError(_("--tls-cert {cert} / --tls-key {key} cannot be used ({error}): give a PEM "
-                                    "certificate and the PEM private key that belongs to it").format(
-            cert=cert, key=key, error=e)) from None
+        raise SecurityConfigError("bad-cert", N_("--tls-cert {cert} / --tls-key {key} cannot be used ({error}): "
+                                                 "give a PEM certificate and the PEM private key that belongs to it"),
+                                  cert=cert, key=key, error=e) from None
     if client_ca is not None:
         try:
             ctx.load_verify_locations(cafile=client_ca)
         except (ssl.SSLError, OSError) as e:
-            raise SecurityConfigError(_("--tls-client-ca {path} cannot be used ({error}): give a PEM file "
-                                        "of the CA certificates that sign client certificates").format(
-                path=client_ca, error=e)) from None
+            raise SecurityConfigError("bad-client-ca", N_("--tls-client-ca {path} cannot be used ({error}): give a "
+                                                          "PEM file of the CA certificates that sign client "
+                                                          "certificates"), path=client_ca, error=e) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -48,11 +51,11 @@ def client_ssl_context(ca: str | None = None, *, insecure: bool = False, cert: s
     try:
         ctx = ssl.create_default_context(cafile=ca)
     except FileNotFoundError:
-        raise SecurityConfigError(_("--ca {path} does not exist: give the PEM file of the CA that "
-                                    "signed the server's certificate").format(path=ca)) from None
+        raise SecurityConfigError("no-ca", N_("--ca {path} does not exist: give the PEM file of the CA that "
+                                              "signed the server's certificate"), path=ca) from None
     except (ssl.SSLError, OSError) as e:
-        raise SecurityConfigError(_("--ca {path} cannot be used ({error}): give a PEM CA certificate").format(
-            path=ca, error=e)) from None
+        raise SecurityConfigError("bad-ca", N_("--ca {path} cannot be used ({error}): give a PEM CA certificate"),
+                                  path=ca, error=e) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
         ctx.check_hostname = False
@@ -61,9 +64,9 @@ def client_ssl_context(ca: str | None = None, *, insecure: bool = False, cert: s
         try:
             ctx.load_cert_chain(cert, key)
         except (ssl.SSLError, OSError) as e:
-            raise SecurityConfigError(_("--tls-cert {path} cannot be used ({error}): give a PEM certificate "
-                                        "and its key (--tls-key, unless the key is in the same file)").format(
-                path=cert, error=e)) from None
+            raise SecurityConfigError("bad-client-cert", N_("--tls-cert {path} cannot be used ({error}): give a PEM "
+                                                            "certificate and its key (--tls-key, unless the key is "
+                                                            "in the same file)"), path=cert, error=e) from None
     return ctx
 
 

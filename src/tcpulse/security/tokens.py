@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tcpulse.i18n import _
+from tcpulse.errors import N_, TcpulseError
 from tcpulse.protocol.events import ID_RE
 
 __all__ = ["AuthFile", "AuthFileError", "Entry", "new_token", "parse", "token_digest"]
@@ -34,8 +34,10 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DUMMY = bytes(32)
 
 
-class AuthFileError(ValueError):
-    """The auth file cannot be read or has a bad line; the message names the file and the fix."""
+class AuthFileError(TcpulseError, ValueError):
+    """The auth file cannot be read or has a bad line; the message names the file and the fix.
+    `kind`: "missing", "unreadable", "bad-line", "duplicate-id" (reading); "bad-id",
+    "has-token" (`add`)."""
 
 
 def new_token() -> str:
@@ -80,10 +82,11 @@ class AuthFile:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise AuthFileError(_("auth file {path} does not exist: create it with "
-                                  "'tcpulse token add ID --auth-file {path}'").format(path=self.path)) from None
+            raise AuthFileError("missing", N_("auth file {path} does not exist: create it with "
+                                              "'tcpulse token add ID --auth-file {path}'"), path=self.path) from None
         except (OSError, UnicodeDecodeError) as e:
-            raise AuthFileError(_("cannot read auth file {path}: {error}").format(path=self.path, error=e)) from None
+            raise AuthFileError("unreadable", N_("cannot read auth file {path}: {error}"), path=self.path,
+                                error=e) from None
         entries = parse(text, self.path)
         self._entries = entries
         self._digests = {e.id: bytes.fromhex(e.digest) for e in entries}
@@ -93,15 +96,6 @@ class AuthFile:
     def changed(self) -> bool:
         """True when the file on disk is not the one last loaded (mtime, size or inode)."""
         return self.stamp() != self._stamp
-
-    def refresh(self) -> int | None:
-        """Reload if the file changed; returns the new number of ids, or None if unchanged.
-
-        Raises `AuthFileError` if the new file is bad; the ids loaded before stay in force.
-        """
-        if not self.changed():
-            return None
-        return self.load()
 
     def entries(self) -> list[Entry]:
         return list(self._entries)
@@ -129,12 +123,12 @@ class AuthFile:
     def add(self, client_id: str, *, replace: bool = False) -> str:
         """Create a token for `client_id`, store its digest, and return the token (show it once)."""
         if ID_RE.fullmatch(client_id) is None:
-            raise AuthFileError(_("{id} is not a valid id: use 1-128 characters of A-Z a-z 0-9 . _ @ -").format(
-                id=repr(client_id)))
+            raise AuthFileError("bad-id", N_("{id} is not a valid id: use 1-128 characters of A-Z a-z 0-9 . _ @ -"),
+                                id=repr(client_id))
         entries = self._read_for_update()
         if any(e.id == client_id for e in entries) and not replace:
-            raise AuthFileError(_("{id} already has a token in {path}: revoke it first, or use --replace").format(
-                id=client_id, path=self.path))
+            raise AuthFileError("has-token", N_("{id} already has a token in {path}: revoke it first, or use "
+                                                "--replace"), id=client_id, path=self.path)
         token = new_token()
         added = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         entries = [e for e in entries if e.id != client_id]
@@ -187,11 +181,12 @@ def parse(text: str, path: str = "<auth file>") -> list[Entry]:
             continue
         parts = line.split()
         if len(parts) not in (2, 3) or ID_RE.fullmatch(parts[0]) is None or _HEX64.fullmatch(parts[1]) is None:
-            raise AuthFileError(_("{path}, line {n}: expected 'ID SHA256-HEX [ADDED]'; "
-                                  "fix the line or rewrite the file with 'tcpulse token add'").format(path=path, n=n))
+            raise AuthFileError("bad-line", N_("{path}, line {n}: expected 'ID SHA256-HEX [ADDED]'; "
+                                               "fix the line or rewrite the file with 'tcpulse token add'"),
+                                path=path, n=n)
         if parts[0] in seen:
-            raise AuthFileError(_("{path}, line {n}: id {id} appears twice; remove one line").format(
-                path=path, n=n, id=parts[0]))
+            raise AuthFileError("duplicate-id", N_("{path}, line {n}: id {id} appears twice; remove one line"),
+                                path=path, n=n, id=parts[0])
         seen.add(parts[0])
         entries.append(Entry(parts[0], parts[1], parts[2] if len(parts) == 3 else ""))
     return entries

@@ -1,10 +1,15 @@
-"""The server's settings (`ServerConfig`) and the limits derived from them."""
+"""The server's settings (`ServerConfig`) and the limits derived from them.
+
+A setting that cannot work raises `ConfigError` (a ValueError) naming the field, in English:
+`heartbeat_timeout must be longer than heartbeat_interval (got 4.0 <= 5.0)`; `e.field` is the
+field to change, `e.kind` the rule it breaks.  The command line shows each field as its flag.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tcpulse.i18n import _
+from tcpulse.errors import N_, ConfigError
 from tcpulse.policy.liveness import PhiSettings
 from tcpulse.protocol.connection import DEFAULT_MAX_LINE, DEFAULT_MAX_PAYLOAD
 
@@ -12,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_BUFFERED",
     "DEFAULT_MAX_QUEUED",
     "FD_RESERVE",
+    "ConfigError",
     "ServerConfig",
     "validate_limits",
     "write_buffer_cap",
@@ -58,36 +64,37 @@ class ServerConfig:
     phi_window: int = 100
 
     def phi_settings(self) -> PhiSettings | None:
-        """The phi detector's settings, None with the fixed detector.  Raises ValueError."""
+        """The phi detector's settings, None with the fixed detector.  Raises ConfigError (or the
+        ValueError of `PhiSettings`)."""
         if self.detector == "fixed":
             return None
         if self.detector != "phi":
-            raise ValueError(_("--detector must be fixed or phi (got {value})").format(value=repr(self.detector)))
+            raise ConfigError("bad-choice", N_("{field} must be fixed or phi (got {value})"),
+                              names={"field": "detector"}, value=repr(self.detector))
         return PhiSettings(threshold=self.phi_threshold, min_std=self.phi_min_std,
                            acceptable_pause=self.phi_acceptable_pause, window=self.phi_window)
 
     def validate(self) -> None:
-        """Raise ValueError naming the bad setting and what would be right."""
-        def pos(name: str) -> None:
-            v = getattr(self, name)
-            if not v > 0:
-                raise ValueError(_("{option} must be greater than 0 (got {value})").format(
-                    option="--" + name.replace("_", "-"), value=v))
+        """Raise ConfigError naming the bad field and what would be right."""
         for name in ("heartbeat_interval", "heartbeat_timeout", "min_heartbeat_interval",
                      "max_heartbeat_interval", "max_line", "max_payload"):
-            pos(name)
+            _positive(name, getattr(self, name))
         if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError(_("--heartbeat-timeout must be longer than --heartbeat-interval "
-                               "(got {timeout} <= {interval})").format(timeout=self.heartbeat_timeout,
-                                                                       interval=self.heartbeat_interval))
+            raise ConfigError("not-longer", N_("{field} must be longer than {other} (got {timeout} <= {interval})"),
+                              names={"field": "heartbeat_timeout", "other": "heartbeat_interval"},
+                              timeout=self.heartbeat_timeout, interval=self.heartbeat_interval)
         if self.min_heartbeat_interval > self.max_heartbeat_interval:
-            raise ValueError(_("--min-heartbeat-interval must not exceed --max-heartbeat-interval"))
+            raise ConfigError("min-above-max", N_("{field} must not exceed {other}"),
+                              names={"field": "min_heartbeat_interval", "other": "max_heartbeat_interval"})
         if not 0 <= self.port <= 65535:
-            raise ValueError(_("--port must be 0-65535 (got {port})").format(port=self.port))
+            raise ConfigError("out-of-range", N_("{field} must be 0-65535 (got {port})"), names={"field": "port"},
+                              port=self.port)
         if self.status_every < 0:
-            raise ValueError(_("--status-every must be 0 (off) or a number of seconds"))
+            raise ConfigError("negative", N_("{field} must be 0 (off) or a number of seconds"),
+                              names={"field": "status_every"})
         if self.max_line < 64:
-            raise ValueError(_("--max-line must be at least 64 bytes (HELLO must fit)"))
+            raise ConfigError("too-small", N_("{field} must be at least 64 bytes (HELLO must fit)"),
+                              names={"field": "max_line"})
         self.phi_settings()
         validate_limits(self)
 
@@ -109,26 +116,35 @@ DEFAULT_MAX_BUFFERED = 256 << 20
 DEFAULT_MAX_QUEUED = 256 << 20
 
 
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError("not-positive", N_("{field} must be greater than 0 (got {value})"), names={"field": name},
+                          value=value)
+
+
 def validate_limits(cfg: ServerConfig) -> None:
-    """Raise ValueError naming the bad security or limit setting (called by `ServerConfig.validate`)."""
+    """Raise ConfigError naming the bad security or limit field (called by `ServerConfig.validate`)."""
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
-        raise ValueError(_("--tls-cert and --tls-key go together: give both, or neither"))
+        # The one missing is the field to change (`e.field`); the text names them in one order.
+        cert, key = {"cert": "tls_cert"}, {"key": "tls_key"}
+        names = {**key, **cert} if cfg.tls_key is None else {**cert, **key}
+        raise ConfigError("pair", N_("{cert} and {key} go together: give both, or neither"), names=names)
     if cfg.tls_client_ca is not None and cfg.tls_cert is None:
-        raise ValueError(_("--tls-client-ca needs TLS: add --tls-cert and --tls-key"))
-    if not cfg.auth_timeout > 0:
-        raise ValueError(_("{option} must be greater than 0 (got {value})").format(option="--auth-timeout",
-                                                                                   value=cfg.auth_timeout))
+        raise ConfigError("needs-tls", N_("{field} needs TLS: add {cert} and {key}"),
+                          names={"field": "tls_client_ca", "cert": "tls_cert", "key": "tls_key"})
+    _positive("auth_timeout", cfg.auth_timeout)
     for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
                  "max_strikes", "max_buffered", "max_write_buffer", "max_queued", "max_store_backlog"):
         v = getattr(cfg, name)
         if v is not None and v < 0:
-            raise ValueError(_("{option} must be 0 (off) or more (got {value})").format(
-                option="--" + name.replace("_", "-"), value=v))
+            raise ConfigError("negative", N_("{field} must be 0 (off) or more (got {value})"), names={"field": name},
+                              value=v)
     wb = cfg.max_write_buffer
     if wb is not None and 0 < wb < cfg.max_payload + cfg.max_line + 64:
-        raise ValueError(_("--max-write-buffer {value} cannot hold one message: make it at least "
-                           "--max-payload + --max-line + 64 ({least})").format(
-            value=wb, least=cfg.max_payload + cfg.max_line + 64))
+        raise ConfigError("too-small", N_("{field} {value} cannot hold one message: make it at least "
+                                          "{payload} + {line} + 64 ({least})"),
+                          names={"field": "max_write_buffer", "payload": "max_payload", "line": "max_line"},
+                          value=wb, least=cfg.max_payload + cfg.max_line + 64)
 
 
 def write_buffer_cap(cfg: ServerConfig) -> int:

@@ -138,6 +138,9 @@ class Warning_:
 
     text: str
     fields: dict[str, Any] = field(default_factory=dict)
+    #: The library error the text quotes, if any: an edge that speaks another language shows
+    #: it translated (the text is English).
+    error: BaseException | None = None
 
 
 ServerEvent = Union[

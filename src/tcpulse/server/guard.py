@@ -165,7 +165,8 @@ class Guard:
         try:
             n = self.auth.load()
         except AuthFileError as e:
-            self._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"}))
+            self._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"},
+                                error=e))
             return
         self._emit(Warning_(f"auth file {self.auth.path} reloaded: {n} ids", {"audit": "auth-reloaded", "ids": n}))
         self._drop_revoked()
@@ -189,7 +190,8 @@ class Guard:
             n = auth.load()
         except AuthFileError as e:
             self._bad_stamp = stamp
-            self._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"}))
+            self._emit(Warning_(f"{e}; the tokens loaded before stay in force", {"audit": "auth-reload-failed"},
+                                error=e))
             return
         self._bad_stamp = None
         self._emit(Warning_(f"auth file {auth.path} changed: {n} ids", {"audit": "auth-reloaded", "ids": n}))

@@ -2,5 +2,5 @@
 in-memory store (`memory`) and the durable SQLite store (`sqlite`), with the read queries behind
 `tcpulse history` and `tcpulse messages` (`queries`).
 
-May import `protocol` only.
+May import `protocol` and `errors` only.
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tcpulse.errors import TcpulseError
 from tcpulse.protocol.events import Msg
 
 __all__ = [
@@ -37,8 +38,11 @@ CommitListener = Callable[[dict[SessionKey, int]], None]
 StateListener = Callable[[bool, str], None]
 
 
-class StoreOpenError(Exception):
-    """The store cannot be opened; the message says why and what to do (shown as one line)."""
+class StoreOpenError(TcpulseError):
+    """The store cannot be opened; the message says why and what to do (shown as one line).
+    `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "in-use"
+    (another server has it), "unusable" (SQLite cannot open it), "foreign" (a database of
+    something else), "newer-schema", "no-wal", "unwritable"."""
 
 
 class StoreUnavailable(Exception):

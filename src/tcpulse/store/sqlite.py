@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tcpulse.i18n import _
+from tcpulse.errors import N_
 from tcpulse.store.base import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database", "open_reader"]
@@ -152,8 +152,8 @@ def check_database(path: str) -> tuple[int, int]:
     """Open `path` read-only and return `(application_id, user_version)`.  Raises StoreOpenError
     with a one-line explanation if it is missing or not an SQLite database."""
     if not os.path.exists(path):
-        raise StoreOpenError(_("database {path} does not exist: give the --db the server was started with").format(
-            path=path))
+        raise StoreOpenError("missing", N_("database {path} does not exist: give the --db the server was started "
+                                           "with"), path=path)
     try:
         con = open_reader(path)
         try:
@@ -162,8 +162,8 @@ def check_database(path: str) -> tuple[int, int]:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise StoreOpenError(_("{path} is not an SQLite database ({error}): give a tcpulse --db file").format(
-            path=path, error=e)) from e
+        raise StoreOpenError("not-sqlite", N_("{path} is not an SQLite database ({error}): give a tcpulse --db file"),
+                             path=path, error=e) from e
     return int(app), int(ver)
 
 
@@ -385,8 +385,8 @@ class SQLiteStore(Store):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreOpenError(_("{path} is in use by another tcpulse server: stop it or choose "
-                                   "another --db").format(path=self.path)) from None
+            raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
+                                              "another --db"), path=self.path) from None
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -399,8 +399,8 @@ class SQLiteStore(Store):
         path = self.path
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise StoreOpenError(_("cannot create {path}: directory {parent} does not exist "
-                                   "(create it or choose another --db)").format(path=path, parent=parent))
+            raise StoreOpenError("no-directory", N_("cannot create {path}: directory {parent} does not exist "
+                                                    "(create it or choose another --db)"), path=path, parent=parent)
         self._lock()
         try:
             con = self._connect()
@@ -408,22 +408,23 @@ class SQLiteStore(Store):
             ver = con.execute("PRAGMA user_version").fetchone()[0]
             tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            raise StoreOpenError(_("cannot use {path} as the database: {error} "
-                                   "(choose another --db, or --db none to keep nothing)").format(
-                path=path, error=e)) from e
+            raise StoreOpenError("unusable", N_("cannot use {path} as the database: {error} "
+                                                "(choose another --db, or --db none to keep nothing)"),
+                                 path=path, error=e) from e
         if app != APPLICATION_ID and (app != 0 or tables):
             con.close()
-            raise StoreOpenError(_("{path} is not a tcpulse database: choose another --db "
-                                   "(or --db none to keep nothing)").format(path=path))
+            raise StoreOpenError("foreign", N_("{path} is not a tcpulse database: choose another --db "
+                                               "(or --db none to keep nothing)"), path=path)
         if ver > SCHEMA_VERSION:
             con.close()
-            raise StoreOpenError(_("{path} has schema version {version}, newer than this tcpulse "
-                                   "understands ({known}): upgrade tcpulse or choose another --db").format(
-                path=path, version=ver, known=SCHEMA_VERSION))
+            raise StoreOpenError("newer-schema", N_("{path} has schema version {version}, newer than this tcpulse "
+                                                    "understands ({known}): upgrade tcpulse or choose another --db"),
+                                 path=path, version=ver, known=SCHEMA_VERSION)
         try:
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreOpenError(_("cannot switch {path} to WAL mode (got {mode})").format(path=path, mode=mode))
+                raise StoreOpenError("no-wal", N_("cannot switch {path} to WAL mode (got {mode})"), path=path,
+                                     mode=mode)
             # WAL + NORMAL: a commit survives a crash of the process (what the ACK promises
             # against kill -9); after a power cut the last transactions may roll back.
             con.execute("PRAGMA synchronous=NORMAL")
@@ -454,9 +455,9 @@ class SQLiteStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
             con.close()
-            raise StoreOpenError(_("cannot write {path}: {error} (is another program holding it? "
-                                   "choose another --db, or --db none to keep nothing)").format(
-                path=path, error=e)) from e
+            raise StoreOpenError("unwritable", N_("cannot write {path}: {error} (is another program holding it? "
+                                                  "choose another --db, or --db none to keep nothing)"),
+                                 path=path, error=e) from e
         return con
 
     def _writer_loop(self, con: sqlite3.Connection) -> None:
