@@ -128,8 +128,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
     from tcpulse.cli.token import serve_security_setup, serve_security_start
     serve_security_setup(server)  # TLS certificates, auth file, open-file limit
-    from tcpulse.cli.history import attach_store
-    attach_store(server, extra.get("db"))
+    from tcpulse.store.factory import open_store
+    server.use_store(open_store(extra.get("db"), server_id=server.server_id))  # --db none: MemoryStore
     admin = None
     if extra.get("admin"):
         from tcpulse.admin.auth import admin_authorize
