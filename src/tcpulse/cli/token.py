@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from tcpulse.admin.auth import admin_bind_error
 from tcpulse.cli.common import fail
 from tcpulse.cli.console import ConsoleLog
 from tcpulse.i18n import _
@@ -24,7 +23,6 @@ from tcpulse.server.server import Server
 __all__ = [
     "DEFAULT_AUTH_FILE",
     "auth_file_option",
-    "check_admin_bind",
     "connect_tls",
     "plain_hint",
     "serve_security_setup",
@@ -131,13 +129,6 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
         log.out.write(f"[{local_ts()}] " + _("Capacity: {text}").format(text=g.capacity_text())
                       + (f"; {', '.join(extra)}" if extra else "") + "\n")
     log.out.flush()
-
-
-def check_admin_bind(host: str, token: str | None) -> None:
-    """Refuse to serve the admin endpoint beyond loopback without a bearer token."""
-    why = admin_bind_error(host, token)
-    if why is not None:
-        fail(why, 2)
 
 
 # ------------------------------------------------------------------------------ connect
