@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import ssl
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from tcpulse.i18n import _
 from tcpulse.policy.ratelimit import FailureDelay, FrameRate
 from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Err, Hello, Pong
+from tcpulse.security.limits import raise_open_file_limit
 from tcpulse.security.tls import peer_identities, server_ssl_context
 from tcpulse.security.tokens import AuthFile, AuthFileError
 from tcpulse.server.config import DEFAULT_MAX_BUFFERED, DEFAULT_MAX_QUEUED, FD_RESERVE, write_buffer_cap
@@ -44,22 +44,6 @@ AUTH_WATCH_EVERY = 1.0
 
 
 # ------------------------------------------------------------------------------ settings
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) in force after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard_target = 1 << 20
-    else:
-        hard_target = hard
-    if soft != resource.RLIM_INFINITY and soft < hard_target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard_target, hard))
-            soft = hard_target
-        except (ValueError, OSError):
-            pass
-    return soft, hard
 
 
 # ------------------------------------------------------------------------------ TLS
