@@ -21,7 +21,8 @@ from collections import deque
 
 from tcpulse.i18n import _
 
-__all__ = ["OUTBOX_APPLICATION_ID", "MemoryOutbox", "Outbox", "OutboxError", "SQLiteOutbox", "new_session"]
+__all__ = ["OUTBOX_APPLICATION_ID", "MemoryOutbox", "Outbox", "OutboxError", "OutboxOwnerError", "SQLiteOutbox",
+           "new_session"]
 
 #: `PRAGMA application_id` of an outbox file ("tcpo"), told apart from a server database.
 OUTBOX_APPLICATION_ID = 0x7463706F
@@ -40,6 +41,13 @@ class Outbox:
     last_seq: int
     #: The client id this outbox belongs to (its session is numbered for that id), if known.
     client_id: str | None = None
+
+    def check_owner(self, client_id: str | None) -> None:
+        """Raise OutboxOwnerError if this outbox belongs to a client id other than `client_id`
+        (None: no id chosen yet, any owner will do): its session is numbered for its owner, and
+        another id must not continue it."""
+        if client_id is not None and self.client_id is not None and self.client_id != client_id:
+            raise OutboxOwnerError(self.client_id, client_id)
 
     def bind(self, client_id: str) -> None:
         """Remember which client id the session belongs to."""
@@ -92,6 +100,16 @@ def new_session() -> str:
 
 class OutboxError(Exception):
     """The outbox file cannot be used; the message says why and what to do."""
+
+
+class OutboxOwnerError(OutboxError, ValueError):
+    """The outbox belongs to client id `owner`, and `wanted` is another (`Outbox.check_owner`)."""
+
+    def __init__(self, owner: str, wanted: str) -> None:
+        super().__init__(f"the outbox belongs to client id {owner!r}, not {wanted!r}: "
+                         "its session is numbered for that id")
+        self.owner = owner
+        self.wanted = wanted
 
 
 class SQLiteOutbox(Outbox):
