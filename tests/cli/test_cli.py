@@ -286,3 +286,21 @@ def test_no_client_is_judged_before_its_deadline(server_process: Any) -> None:
         assert ev["silent_for"] >= timeout
         assert 0 <= ev["late_by"] < 1.0
     srv.terminate()
+
+
+def test_connect_refuses_an_outbox_of_another_id(tmp_path: Any) -> None:
+    # The client package decides (Outbox.check_owner); the command line prints one line, before
+    # it tries to connect (nothing listens on the port).
+    from tcpulse.client.outbox import SQLiteOutbox
+    path = str(tmp_path / "c.outbox")
+    box = SQLiteOutbox(path)
+    box.bind("boxed")
+    box.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(tcpulse_cmd("connect", "--port", str(port), "--id", "other", "--outbox", path),
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1
+    assert r.stderr == (f"tcpulse: error: outbox {path} belongs to client id boxed: use --id boxed or another "
+                        "--outbox\n")

@@ -17,7 +17,7 @@ from tcpulse.cli.main import main
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.events import Disconnected, TimedOut
 from tcpulse.server.server import Server
-from tcpulse.store.sqlite import SQLiteStore
+from tcpulse.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
 from tests.conftest import MS, RawClient
 
 
@@ -99,6 +99,14 @@ def test_missing_and_foreign_databases_give_one_line(tmp_path: Path) -> None:
     con.close()
     r = run("messages", "--db", str(foreign))
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "not a tcpulse database" in r.stderr
+    newer = tmp_path / "newer.db"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    r = run("history", "--db", str(newer))
+    assert r.exit_code == 1 and r.stderr == (f"tcpulse: error: {newer} has schema version {SCHEMA_VERSION + 1}, newer "
+                                             f"than this tcpulse understands ({SCHEMA_VERSION}): upgrade tcpulse\n")
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"\x00garbage" * 512)
     r = run("history", "--db", str(junk))

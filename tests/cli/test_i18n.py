@@ -320,6 +320,12 @@ def test_help_and_usage_errors_in_chinese_then_english_again() -> None:
     # The next command, in the same process, is in the locale's language again.
     r = CliRunner().invoke(main, ["serve", "--help"], env=env, prog_name="tcpulse")
     assert r.output.startswith("Usage: tcpulse serve") and "Seconds of silence after which" in r.output
+    assert "Show this message and exit." in r.output and "显示此帮助并退出。" not in r.output
+    # -h too, on a command of a sub-group, in both languages (the help option click keeps).
+    r = CliRunner().invoke(main, ["--lang", "zh", "bench", "hold", "-h"], env=env, prog_name="tcpulse")
+    assert r.exit_code == 0 and r.output.startswith("用法: tcpulse bench hold") and "显示此帮助并退出。" in r.output
+    r = CliRunner().invoke(main, ["bench", "hold", "-h"], env=env, prog_name="tcpulse")
+    assert r.exit_code == 0 and "-h, --help" in r.output and "Show this message and exit." in r.output
     r = CliRunner().invoke(main, ["serve", "--port", "abc"], env=env, prog_name="tcpulse")
     assert "Error: Invalid value for '--port'" in r.output
 

@@ -127,3 +127,17 @@ def test_admin_stops_with_the_server(server_process: Any) -> None:
     assert srv.terminate() == 0
     r = run("status", "--admin", url)
     assert r.returncode == 1 and "cannot reach the admin API" in r.stderr
+
+
+def test_loopback_means_this_machine_only() -> None:
+    # The one predicate behind both `serve --admin` without a token (allowed on loopback only)
+    # and `status` going around an http_proxy (which cannot reach this machine's loopback).
+    from tcpulse.admin.auth import admin_bind_error, is_loopback_host
+    for host in ("127.0.0.1", "127.5.6.7", "::1", "[::1]", "localhost", "LocalHost"):
+        assert is_loopback_host(host), host
+        assert admin_bind_error(host, None) is None, host
+    for host in ("0.0.0.0", "::", "[::]", "10.0.0.1", "example.com", "localhost.example.com", ""):
+        assert not is_loopback_host(host), host
+        why = admin_bind_error(host, None)
+        assert why is not None and f"--admin {host} is reachable from other machines" in why, host
+        assert admin_bind_error(host, "s3cret") is None, host

@@ -12,22 +12,27 @@ from typing import Any
 
 from tcpulse.i18n import _
 
-__all__ = ["admin_authorize", "admin_bind_error", "admin_token_ok"]
+__all__ = ["admin_authorize", "admin_bind_error", "admin_token_ok", "is_loopback_host"]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True if `host` (a name or an address, IPv6 with or without brackets) is this machine's
+    loopback: `localhost`, 127.0.0.0/8 or ::1.  Any other name counts as reachable from elsewhere."""
+    h = host.strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 def admin_bind_error(host: str, token: str | None) -> str | None:
-    """Why the admin endpoint must not listen on `host` (None: it may).  Without a bearer token
-    it may only listen on loopback: anyone who reaches it could read every client's state."""
-    if token:
+    """Why the admin endpoint must not listen on `host` (None: it may); the caller must refuse
+    to start it and show this line.  Without a bearer token it may only listen on loopback:
+    anyone who reaches it could read every client's state."""
+    if token or is_loopback_host(host):
         return None
-    h = host.strip("[]")
-    if h == "localhost":
-        return None
-    try:
-        if ipaddress.ip_address(h).is_loopback:
-            return None
-    except ValueError:
-        pass
     return _("--admin {host} is reachable from other machines: set a bearer token with --admin-token "
              "(or TCPULSE_ADMIN_TOKEN), or listen on 127.0.0.1").format(host=host)
 
@@ -44,7 +49,7 @@ def admin_token_ok(authorization: str | None, token: str | None) -> bool:
 def admin_authorize(token: str | None) -> Any:
     """The admin endpoint's auth hook: `Authorization: Bearer <token>` (or `?token=` for the
     dashboard's EventSource, which cannot set headers), compared in constant time.  None when no
-    token is set: then the endpoint is open, and only on loopback (check_admin_bind)."""
+    token is set: then the endpoint is open, and only on loopback (admin_bind_error)."""
     if not token:
         return None
 

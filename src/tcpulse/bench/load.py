@@ -1,9 +1,11 @@
 """The load generator behind `tcpulse bench`: many cheap raw clients in one process.
 
-Each simulated client is one small `asyncio.Protocol` that speaks just enough of the protocol to
-hold a connection (`HELLO`, `HEARTBEAT`, `PONG`) or to push messages; no `Client`, no task and no
-timer per client: one ticker beats for everyone, spread evenly over the interval.  That keeps
-10,000 clients affordable beside the server on two cores.
+Each simulated client is one small `asyncio.Protocol` that holds a connection (`HELLO`,
+`HEARTBEAT`, `PONG`) or pushes messages; no `Client`, no task and no timer per client: one ticker
+beats for everyone, spread evenly over the interval.  That keeps 10,000 clients affordable beside
+the server on two cores.  It speaks through `tcpulse.protocol`: a client-role `Connection` per
+client parses what the server sends and answers its PINGs, and every frame it writes was built
+by `Connection.send()`, once, then written again and again (a heartbeat, a batch of messages).
 
 `hold()` keeps N clients beating, measures the server's CPU and memory (when it is a local PID),
 then makes M of them fall silent at the same moment and times each `BYE heartbeat-timeout` against
@@ -35,6 +37,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tcpulse.i18n import _, current_language
+from tcpulse.policy.liveness import percentile
+from tcpulse.protocol.connection import Connection, Role
+from tcpulse.protocol.events import Ack, Bye, Err, Event, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from tcpulse.security.limits import raise_open_file_limit
 
 __all__ = [
     "HoldResult",
@@ -42,6 +48,7 @@ __all__ = [
     "Kind",
     "ProcStats",
     "SpawnedServer",
+    "client_frames",
     "hold",
     "ingest",
     "proc_sample",
@@ -149,6 +156,12 @@ class SpawnedServer:
 # --------------------------------------------------------------------------- one client
 
 class _Conn(asyncio.Protocol):
+    """One simulated client.  For tcpulse and the floor server (the same framing), `proto`, a
+    client-role `Connection` of `tcpulse.protocol`, parses what the server sends and answers
+    its PINGs: there is no second parser here.  NATS and the seed server speak other protocols
+    and get the least handling that holds a connection (`_nats_data`; the seed server says
+    nothing at all)."""
+
     __slots__ = (
         "ack_target",
         "acked",
@@ -165,6 +178,7 @@ class _Conn(asyncio.Protocol):
         "last_sent",
         "lport",
         "paused",
+        "proto",
         "ready",
         "resume",
         "silent",
@@ -172,13 +186,14 @@ class _Conn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, idx: int, kind: Kind, hello: bytes, ready: asyncio.Future[None]) -> None:
+    def __init__(self, idx: int, kind: Kind, hello: Hello | None, ready: asyncio.Future[None]) -> None:
         self.idx = idx
         self.kind = kind
         self.lport = 0
-        self.hello = hello
+        self.hello = hello  # sent once INFO arrives (tcpulse only)
+        self.proto = Connection(Role.CLIENT) if kind in (Kind.TCPULSE, Kind.FLOOR) else None
         self.transport: asyncio.Transport | None = None
-        self.buf = b""
+        self.buf = b""  # NATS: a partial line
         self.ready = ready
         self.timeout = math.nan
         self.interval = math.nan
@@ -204,15 +219,21 @@ class _Conn(asyncio.Protocol):
             self._ready()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            self._line(buf[start:nl].rstrip(b"\r"))
-            start = nl + 1
-        self.buf = buf[start:]
+        proto = self.proto
+        if proto is None:
+            if self.kind is Kind.NATS:
+                self._nats_data(data)
+            return
+        events = proto.receive_data(data)
+        if events:
+            self._events(events)
+        out = proto.data_to_send()  # the PONGs the protocol owes, the HELLO after INFO
+        if out and not self.silent:
+            self.send(out)
+        if proto.error is not None and not self.closed_at:
+            # The server broke the protocol: this client is done, and says why.
+            self.error = f"bad frame from the server: {proto.error}"
+            self.abort()
 
     def eof_received(self) -> bool | None:
         self._closed()
@@ -231,46 +252,66 @@ class _Conn(asyncio.Protocol):
         if self.resume is not None and not self.resume.done():
             self.resume.set_result(None)
 
-    # -- frames
+    # -- what the server sent
 
-    def _line(self, line: bytes) -> None:
+    def _events(self, events: list[Event]) -> None:
         now = time.monotonic()
+        for ev in events:
+            if isinstance(ev, Ack):
+                self.acked = ev.seq
+                # `ack_target` is set only once the last message is written: an ACK that arrives
+                # while the client still sends is not the barrier.
+                if (self.ack_target and self.acked >= self.ack_target and self.barrier is not None
+                        and not self.barrier.done()):
+                    self.barrier.set_result(now)
+            elif isinstance(ev, Pong):
+                if self.barrier is not None and not self.barrier.done() and not self.ack_target:
+                    self.barrier.set_result(now)
+            elif isinstance(ev, Bye):
+                self.bye = ev.reason or "-"
+                self.bye_at = now
+            elif isinstance(ev, Ok):
+                self.timeout = float(ev.heartbeat_timeout)
+                self.interval = float(ev.heartbeat_interval)
+                self._ready()
+            elif isinstance(ev, Info):
+                self.timeout = float(ev.heartbeat_timeout)
+                if self.kind is Kind.TCPULSE and self.hello is not None:
+                    assert self.proto is not None
+                    self.proto.send(self.hello)  # written by data_received, with any PONG due
+                else:
+                    self._ready()
+            elif isinstance(ev, Err):
+                self.error = f"ERR {ev.code} {ev.text}"
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(self.error))
+            # PING: the protocol answers it (data_received writes the PONG unless silent).
+            # MSG from the server's program: not part of any workload.
+
+    def _nats_data(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            self._nats_line(buf[start:nl].rstrip(b"\r"))
+            start = nl + 1
+        self.buf = buf[start:]
+
+    def _nats_line(self, line: bytes) -> None:
+        # NATS: PING/PONG are its heartbeat and barrier; INFO asks for CONNECT; -ERR.
         if line.startswith(b"PING"):
             if not self.silent:
-                self.send(b"PONG" + line[4:] + (b"\r\n" if self.kind is Kind.NATS else b"\n"))
-        elif line.startswith(b"ACK "):
-            self.acked = int(line[4:])
-            # `ack_target` is set only once the last message is written: an ACK that arrives
-            # while the client still sends is not the barrier.
-            if (self.ack_target and self.acked >= self.ack_target and self.barrier is not None
-                    and not self.barrier.done()):
-                self.barrier.set_result(now)
+                self.send(b"PONG\r\n")
         elif line.startswith(b"PONG"):
-            if self.barrier is not None and not self.barrier.done() and not self.ack_target:
-                self.barrier.set_result(now)
-            elif self.kind is Kind.NATS:
-                self._ready()
-        elif line.startswith(b"BYE"):
-            self.bye = line[4:].decode(errors="replace") or "-"
-            self.bye_at = now
-        elif line.startswith(b"OK "):
-            with contextlib.suppress(ValueError, KeyError):
-                ok = json.loads(line[3:])
-                self.timeout = float(ok["heartbeat_timeout"])
-                self.interval = float(ok["heartbeat_interval"])
-            self._ready()
-        elif line.startswith(b"INFO "):
-            if self.kind is Kind.NATS:
-                self.send(b'CONNECT {"verbose":false,"pedantic":false,"name":"tcpulse-bench"}\r\nPING\r\n')
-                return
-            with contextlib.suppress(ValueError, KeyError):
-                info = json.loads(line[5:])
-                self.timeout = float(info["heartbeat_timeout"])
-            if self.kind is Kind.TCPULSE:
-                self.send(self.hello)
+            if self.barrier is not None and not self.barrier.done():
+                self.barrier.set_result(time.monotonic())
             else:
                 self._ready()
-        elif line.startswith(b"ERR") or line.startswith(b"-ERR"):
+        elif line.startswith(b"INFO "):
+            self.send(b'CONNECT {"verbose":false,"pedantic":false,"name":"tcpulse-bench"}\r\nPING\r\n')
+        elif line.startswith(b"-ERR"):
             self.error = line.decode(errors="replace")
             if not self.ready.done():
                 self.ready.set_exception(ConnectionError(self.error))
@@ -287,19 +328,41 @@ class _Conn(asyncio.Protocol):
         if self.barrier is not None and not self.barrier.done():
             self.barrier.set_exception(ConnectionError(self.error or "closed before the barrier"))
 
+    # -- sending
+
     def send(self, data: bytes) -> None:
         tr = self.transport
         if tr is not None and not self.closed_at:
             tr.write(data)
             self.last_sent = time.monotonic()
 
+    def send_event(self, event: Event) -> None:
+        """One frame through the protocol (tcpulse and floor only)."""
+        assert self.proto is not None
+        self.proto.send(event)
+        self.send(self.proto.data_to_send())
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
 
+def client_frames(*events: Event) -> bytes:
+    """`events` as a client writes them, built by the protocol's own `Connection.send()`.  The
+    workloads build their frames once and write the same bytes again and again: a heartbeat,
+    a batch of unnumbered messages."""
+    enc = Connection(Role.CLIENT)
+    for ev in events:
+        enc.send(ev)
+    return enc.data_to_send()
+
+
 def _beat_frame(kind: Kind) -> bytes:
-    return {Kind.SEED: b"HEARTBEAT", Kind.NATS: b"PING\r\n"}.get(kind, b"HEARTBEAT\n")
+    if kind is Kind.SEED:
+        return b"HEARTBEAT"  # the seed server compares whole reads to this
+    if kind is Kind.NATS:
+        return b"PING\r\n"
+    return client_frames(Heartbeat())
 
 
 def source_addresses(n: int, per_address: int = PER_ADDRESS) -> list[str]:
@@ -313,18 +376,6 @@ def source_addresses(n: int, per_address: int = PER_ADDRESS) -> list[str]:
     return [f"127.0.0.{base + i}" for i in range(k)]
 
 
-def raise_open_file_limit(need: int) -> int:
-    """Raise this process's soft limit on open files to what is needed, up to the hard limit;
-    returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, need)) if hard != resource.RLIM_INFINITY else max(soft, need)
-    if want > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-    return soft
-
-
 Progress = Callable[[str, int, int], None]  # phase, done, total
 
 
@@ -332,7 +383,7 @@ def _no_progress(phase: str, done: int, total: int) -> None:
     pass
 
 
-async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[int], bytes],
+async def _open_all(host: str, port: int, n: int, kind: Kind, hellos: Callable[[int], Hello],
                     progress: Progress, ready_timeout: float,
                     on_ready: Callable[[_Conn], None] | None = None) -> tuple[list[_Conn], list[str]]:
     loop = asyncio.get_running_loop()
@@ -408,13 +459,6 @@ class _Ticker:
         self.handle = self.loop.call_at(self.t0 + self.k * self.step, self._tick)
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
-
-
 # --------------------------------------------------------------------------- hold
 
 @dataclass
@@ -463,8 +507,8 @@ async def hold(host: str, port: int, clients: int, interval: float, silent: int,
     raise_open_file_limit(clients + 64)
     tag = secrets.token_hex(3)
 
-    def hello(i: int) -> bytes:
-        return b'HELLO {"id":"bench-%s-%d","heartbeat_interval":%s}\n' % (tag.encode(), i, repr(interval).encode())
+    def hello(i: int) -> Hello:
+        return Hello(id=f"bench-{tag}-{i}", heartbeat_interval=interval)
 
     before = proc_sample(server_pid) if server_pid else None
     ticker = _Ticker(clients, interval, kind)
@@ -541,8 +585,8 @@ async def hold(host: str, port: int, clients: int, interval: float, silent: int,
     )
     if lateness:
         res.lateness_ms = {k: round(v * 1000, 2) for k, v in (
-            ("min", min(lateness)), ("p50", _pct(lateness, 50)), ("p90", _pct(lateness, 90)),
-            ("p99", _pct(lateness, 99)), ("max", max(lateness)))}
+            ("min", min(lateness)), ("p50", percentile(lateness, 50)), ("p90", percentile(lateness, 90)),
+            ("p99", percentile(lateness, 99)), ("max", max(lateness)))}
     if before is not None and s0 is not None and s1 is not None:
         res.server_cpu = round((s1.cpu - s0.cpu) / measure, 3)
         res.server_rss_before = before.rss
@@ -570,18 +614,56 @@ class IngestResult:
     server_cpu: float | None = None
     server_rss: int | None = None
     connect_errors: list[str] = field(default_factory=list)
+    #: Fraction of one core this process used while sending: far below 1, or the rate is the
+    #: generator's, not the server's.
+    generator_cpu: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _chunk(kind: Kind, payload: bytes, count: int, first_seq: int | None) -> bytes:
-    n = len(payload)
-    if kind is Kind.NATS:
-        return (b"PUB bench %d\r\n" % n + payload + b"\r\n") * count
-    if first_seq is None:
-        return (b"MSG %d\n" % n + payload + b"\n") * count
-    return b"".join(b"MSG %d %d\n%s\n" % (n, s, payload) for s in range(first_seq, first_seq + count))
+class _Batches:
+    """The bytes each client writes, `count` messages at a time, numbered from `first`.
+
+    tcpulse frames are built by the protocol (`client_frames`): unnumbered ones once, since every
+    frame is the same; numbered ones once per batch for all the clients, since every client sends
+    the same seqs with the same payload (a batch is dropped once all `users` have taken it, so
+    what is held stays at the spread between the fastest client and the slowest).  NATS: `PUB`.
+    """
+
+    def __init__(self, kind: Kind, payload: bytes, batch: int, numbered: bool, users: int) -> None:
+        self.payload = payload
+        self.users = users
+        self.numbered = numbered
+        self.shared: dict[int, list[Any]] = {}  # first seq -> [bytes, clients yet to take them]
+        if kind is Kind.NATS:
+            frame = b"PUB bench %d\r\n" % len(payload) + payload + b"\r\n"
+            self.full = frame * batch
+        elif not numbered:
+            self.full = client_frames(*[Msg(payload=payload)] * batch)
+        else:
+            self.full = b""
+            # A numbered MSG needs a HELLO with a session on the connection that sends it.
+            self.enc = Connection(Role.CLIENT)
+            self.enc.send(Hello(id="bench", session="bench"))
+            self.enc.data_to_send()
+        self.frame_len = len(self.full) // batch
+        self.batch = batch
+
+    def take(self, first: int, count: int) -> bytes:
+        if not self.numbered:
+            return self.full if count == self.batch else self.full[:count * self.frame_len]
+        got = self.shared.get(first)
+        if got is None:
+            enc, payload = self.enc, self.payload
+            for seq in range(first, first + count):
+                enc.send(Msg(payload=payload, seq=seq))
+            got = self.shared[first] = [enc.data_to_send(), self.users]
+        got[1] -= 1
+        if not got[1]:
+            del self.shared[first]
+        data: bytes = got[0]
+        return data
 
 
 async def ingest(host: str, port: int, clients: int, messages: int, size: int, *, seq: bool = False,
@@ -595,15 +677,13 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
     raise_open_file_limit(clients + 64)
     tag = secrets.token_hex(3)
 
-    def hello(i: int) -> bytes:
-        extra = b',"session":"s%s"' % tag.encode() if seq else b""
-        return b'HELLO {"id":"ingest-%s-%d"%s}\n' % (tag.encode(), i, extra)
+    def hello(i: int) -> Hello:
+        return Hello(id=f"ingest-{tag}-{i}", session=f"s{tag}" if seq else None)
 
     conns, errors = await _open_all(host, port, clients, kind, hello, progress, ready_timeout=30.0)
     if not conns:
         raise ConnectionError(f"no client could connect: {errors[0] if errors else '?'}")
-    payload = (b"x" * size)
-    plain = _chunk(kind, payload, batch, None) if not seq else b""
+    batches = _Batches(kind, b"x" * size, batch, seq, len(conns))
     loop = asyncio.get_running_loop()
     sent = [0]
 
@@ -615,8 +695,7 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
         s = 1
         while left > 0 and not c.closed_at:
             k = min(batch, left)
-            data = _chunk(kind, payload, k, s) if seq else (plain if k == batch else _chunk(kind, payload, k, None))
-            tr.write(data)
+            tr.write(batches.take(s, k))
             s += k
             left -= k
             sent[0] += k
@@ -629,8 +708,10 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
             c.ack_target = messages
             if c.acked >= messages and not c.barrier.done():
                 c.barrier.set_result(time.monotonic())
+        elif kind is Kind.NATS:
+            tr.write(b"PING\r\n")
         else:
-            tr.write(b"PING\r\n" if kind is Kind.NATS else b"PING end\n")
+            c.send_event(Ping(ctx="end"))
         return await asyncio.wait_for(c.barrier, 120.0)
 
     async def report() -> None:
@@ -641,12 +722,14 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
 
     s0 = proc_sample(server_pid) if server_pid else None
     reporter = asyncio.ensure_future(report())
+    g0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     try:
         ends = await asyncio.gather(*(push(c) for c in conns))
     finally:
         reporter.cancel()
     t1 = max(ends)
+    g1 = resource.getrusage(resource.RUSAGE_SELF)
     s1 = proc_sample(server_pid) if server_pid else None
     for c in conns:
         c.abort()
@@ -655,7 +738,8 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
     res = IngestResult(
         kind=kind.value, loop=loop_name, clients=clients, connected=len(conns), messages=messages,
         size=size, seq=seq, elapsed=round(elapsed, 4), rate=round(total / elapsed, 1),
-        mib_per_s=round(total * size / elapsed / (1 << 20), 2), connect_errors=sorted(set(errors))[:5])
+        mib_per_s=round(total * size / elapsed / (1 << 20), 2), connect_errors=sorted(set(errors))[:5],
+        generator_cpu=round((g1.ru_utime + g1.ru_stime - g0.ru_utime - g0.ru_stime) / elapsed, 3))
     if s0 is not None and s1 is not None:
         res.server_cpu = round((s1.cpu - s0.cpu) / elapsed, 3)
         res.server_rss = s1.rss

@@ -228,6 +228,7 @@ def ingest_cmd(clients: int, messages: int, size: int, seq: bool, host: str, por
         ("rate", f"{res.rate:,.0f} msg/s ({res.mib_per_s:.1f} MiB/s)"),
         ("server CPU", "-" if res.server_cpu is None or math.isnan(res.server_cpu)
          else f"{res.server_cpu:.0%} of a core"),
+        ("generator CPU", f"{res.generator_cpu:.0%} of a core"),
     ]
     _table(f"tcpulse bench ingest ({res.loop} generator)", rows)
 

@@ -239,14 +239,16 @@ async def _connect(opts: ConnectOptions) -> int:
     client_id = opts.client_id
     box = None
     if opts.outbox is not None:
-        from tcpulse.client.outbox import OutboxError, SQLiteOutbox
+        from tcpulse.client.outbox import OutboxError, OutboxOwnerError, SQLiteOutbox
         try:
             box = SQLiteOutbox(opts.outbox)
         except OutboxError as e:
             fail(error_text(e))
-        if client_id is not None and box.client_id not in (None, client_id):
+        try:
+            box.check_owner(client_id)
+        except OutboxOwnerError as e:
             fail(_("outbox {path} belongs to client id {id}: use --id {id} or another --outbox").format(
-                path=opts.outbox, id=box.client_id))
+                path=opts.outbox, id=e.owner))
         client_id = client_id or box.client_id
         if box.pending():
             _say(_("Outbox {path}: {n} message(s) not acknowledged last time, sent again once connected").format(

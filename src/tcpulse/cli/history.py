@@ -1,7 +1,8 @@
-"""`tcpulse history` and `tcpulse messages`: read what a server's store kept; and `--db` for serve.
+"""`tcpulse history` and `tcpulse messages`: read what a server's store kept.
 
-Both open the database read-only, so they can run beside a live server (WAL lets readers in
-while it writes).  Tables by default, one JSON object per line with `--json`.
+The rows come from `tcpulse.store.queries` (read-only, so these can run beside a live server);
+this module holds the options, reads `--since`, and prints: tables by default, one JSON object
+per line with `--json`.
 """
 
 from __future__ import annotations
@@ -9,30 +10,22 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from tcpulse.cli.common import error_text, fail
 from tcpulse.i18n import _
 from tcpulse.i18n.display import escape, iso_ts
-from tcpulse.server.server import Server
 from tcpulse.store.base import StoreOpenError
-from tcpulse.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, check_database, open_reader
+from tcpulse.store.queries import read_connections, read_messages
 
-__all__ = ["attach_store", "history", "messages", "parse_since"]
+__all__ = ["history", "messages", "parse_since"]
 
-
-def attach_store(server: Server, db: str | None) -> None:
-    """`serve --db PATH`: keep everything in an SQLite file; `--db none`: keep nothing (the
-    server says so at start-up, and `INFO` has `"durable":false`)."""
-    if db is None or db.lower() == "none":
-        return
-    server.use_store(SQLiteStore(db, server_id=server.server_id))
+_Row = TypeVar("_Row")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -52,19 +45,19 @@ def parse_since(text: str, now: float | None = None) -> float:
                            "(2025-04-10 or 2025-04-10T15:30): give one of these").format(value=repr(text))) from None
 
 
-def _open(db: str) -> sqlite3.Connection:
+def _rows(read: Callable[..., list[_Row]], db: str, client_id: str | None, since: str | None,
+          limit: int) -> list[_Row]:
+    """`read(db, ...)` with the filters; every problem is one line (a bad --since: before the db)."""
+    at = None
+    if since is not None:
+        try:
+            at = parse_since(since)
+        except ValueError as e:
+            fail(str(e), 2)
     try:
-        app, ver = check_database(db)
-    except StoreOpenError as e:
+        return read(db, client_id=client_id, since=at, limit=limit)
+    except StoreOpenError as e:  # not a tcpulse database, from a newer tcpulse, ...: one line
         fail(error_text(e))
-    if app != APPLICATION_ID:
-        fail(_("{path} is not a tcpulse database (give the --db that `tcpulse serve` used)").format(path=db))
-    if ver > SCHEMA_VERSION:
-        fail(_("{path} has schema version {version}, newer than this tcpulse understands ({known}): "
-               "upgrade tcpulse").format(path=db, version=ver, known=SCHEMA_VERSION))
-    con = open_reader(db)
-    con.row_factory = sqlite3.Row
-    return con
 
 
 def _when(t: float | None) -> str:
@@ -94,21 +87,6 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
-def _filters(client_id: str | None, since: str | None, at_col: str, client_col: str) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if client_id is not None:
-        where.append(f"{client_col} = ?")
-        args.append(client_id)
-    if since is not None:
-        where.append(f"{at_col} >= ?")
-        try:
-            args.append(parse_since(since))
-        except ValueError as e:
-            fail(str(e), 2)
-    return (" WHERE " + " AND ".join(where)) if where else "", args
-
-
 db_option = click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH",
                          help="The database `tcpulse serve --db` wrote.")
 client_option = click.option("--client", "client_id", default=None, metavar="ID", help="Only this client id.")
@@ -126,54 +104,36 @@ def query_options(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
-def _query(db: str, client_id: str | None, since: str | None, limit: int, sql: str, at_col: str,
-           client_col: str) -> list[sqlite3.Row]:
-    """Run `sql` (with `{where}` where the filters go, and a final `LIMIT ?`) on the database."""
-    where, args = _filters(client_id, since, at_col, client_col)  # a bad --since: before the db
-    con = _open(db)
-    try:
-        return list(con.execute(sql.format(where=where), [*args, limit]).fetchall())
-    finally:
-        con.close()
-
-
 @click.command()
 @query_options
 def history(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List connections and how they ended (timeouts, reasons, durations)."""
-    rows = _query(
-        db, client_id, since, limit,
-        "SELECT * FROM (SELECT c.id, c.client_id, c.addr, c.connected_at, c.ended_at, c.end_reason, "
-        "c.detail, c.heartbeats, c.messages, c.rtt, t.silent_for, t.late_by, t.phi "
-        "FROM connections c LEFT JOIN timeouts t ON t.connection_id = c.id{where} "
-        "ORDER BY c.connected_at DESC, c.id DESC LIMIT ?) ORDER BY connected_at, id",
-        "c.connected_at", "c.client_id")
+    rows = _rows(read_connections, db, client_id, since, limit)
     if as_json:
         for r in rows:
+            dur = r.duration
             obj: dict[str, Any] = {
-                "id": r["id"], "client": r["client_id"], "addr": r["addr"],
-                "connected_at": iso_ts(r["connected_at"]),
-                "ended_at": None if r["ended_at"] is None else iso_ts(r["ended_at"]),
-                "duration": None if r["ended_at"] is None else round(r["ended_at"] - r["connected_at"], 3),
-                "end_reason": r["end_reason"], "detail": r["detail"], "heartbeats": r["heartbeats"],
-                "messages": r["messages"], "rtt": r["rtt"], "timeout": None,
+                "id": r.id, "client": r.client_id, "addr": r.addr, "connected_at": iso_ts(r.connected_at),
+                "ended_at": None if r.ended_at is None else iso_ts(r.ended_at),
+                "duration": None if dur is None else round(dur, 3),
+                "end_reason": r.end_reason, "detail": r.detail, "heartbeats": r.heartbeats,
+                "messages": r.messages, "rtt": r.rtt, "timeout": None,
             }
-            if r["silent_for"] is not None:
-                obj["timeout"] = {"silent_for": round(r["silent_for"], 6), "late_by": round(r["late_by"], 6)}
+            if r.timeout is not None:
+                obj["timeout"] = {"silent_for": round(r.timeout.silent_for, 6), "late_by": round(r.timeout.late_by, 6)}
             click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
         return
     table: list[list[str]] = []
     for r in rows:
-        end = r["end_reason"] or (_("open") if r["ended_at"] is None else "?")
-        if r["silent_for"] is not None:
+        end = r.end_reason or (_("open") if r.ended_at is None else "?")
+        if r.timeout is not None:
             end += " " + _("(silent {silent:.2f} s, noticed {late:.1f} ms late)").format(
-                silent=r["silent_for"], late=r["late_by"] * 1000)
-        elif r["detail"]:
-            end += f" ({escape(r['detail'])})"
-        dur = None if r["ended_at"] is None else r["ended_at"] - r["connected_at"]
-        table.append([str(r["id"]), escape(r["client_id"] or "-"), r["addr"], _when(r["connected_at"]),
-                      _when(r["ended_at"]), _duration(dur), end, str(r["heartbeats"]), str(r["messages"]),
-                      "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.1f} ms"])
+                silent=r.timeout.silent_for, late=r.timeout.late_by * 1000)
+        elif r.detail:
+            end += f" ({escape(r.detail)})"
+        table.append([str(r.id), escape(r.client_id or "-"), r.addr, _when(r.connected_at), _when(r.ended_at),
+                      _duration(r.duration), end, str(r.heartbeats), str(r.messages),
+                      "-" if r.rtt is None else f"{r.rtt * 1000:.1f} ms"])
     _print_table(_("Connections in {db}: {n}").format(db=db, n=len(rows)),
                  ["#", _("client"), _("address"), _("connected at"), _("ended at"), _("duration"),
                   _("end"), _("heartbeats"), _("messages"), _("RTT")], table)
@@ -183,34 +143,26 @@ def history(db: str, client_id: str | None, since: str | None, limit: int, as_js
 @query_options
 def messages(db: str, client_id: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List stored messages (client, session, seq, when, payload)."""
-    rows = _query(
-        db, client_id, since, limit,
-        "SELECT * FROM (SELECT m.id, s.client_id, s.session, m.seq, m.received_at, m.payload "
-        "FROM messages m JOIN sessions s ON s.id = m.session_id{where} "
-        "ORDER BY m.id DESC LIMIT ?) ORDER BY id",
-        "m.received_at", "s.client_id")
+    rows = _rows(read_messages, db, client_id, since, limit)
     if as_json:
         for r in rows:
-            payload: bytes = r["payload"]
-            obj: dict[str, Any] = {"id": r["id"], "client": r["client_id"], "session": r["session"] or None,
-                                   "seq": r["seq"], "received_at": iso_ts(r["received_at"]), "size": len(payload)}
+            obj: dict[str, Any] = {"id": r.id, "client": r.client_id, "session": r.session, "seq": r.seq,
+                                   "received_at": iso_ts(r.received_at), "size": len(r.payload)}
             try:
-                obj["text"] = payload.decode("utf-8")
+                obj["text"] = r.payload.decode("utf-8")
             except UnicodeDecodeError:
-                obj["base64"] = base64.b64encode(payload).decode("ascii")
+                obj["base64"] = base64.b64encode(r.payload).decode("ascii")
             click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
         return
     table: list[list[str]] = []
     for r in rows:
-        payload = r["payload"]
         try:
-            text = escape(payload.decode("utf-8"))
+            text = escape(r.payload.decode("utf-8"))
         except UnicodeDecodeError:
-            text = _("<{size} bytes, not UTF-8>").format(size=len(payload))
+            text = _("<{size} bytes, not UTF-8>").format(size=len(r.payload))
         if len(text) > 80:
             text = text[:79] + "…"
-        table.append([str(r["id"]), escape(r["client_id"]), r["session"] or "-",
-                      "-" if r["seq"] is None else str(r["seq"]), _when(r["received_at"]),
-                      str(len(payload)), text])
+        table.append([str(r.id), escape(r.client_id), r.session or "-", "-" if r.seq is None else str(r.seq),
+                      _when(r.received_at), str(len(r.payload)), text])
     _print_table(_("Messages in {db}: {n}").format(db=db, n=len(rows)),
                  ["#", _("client"), _("session"), _("seq"), _("received at"), _("bytes"), _("payload")], table)

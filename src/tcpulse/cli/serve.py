@@ -136,15 +136,17 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
     from tcpulse.cli.token import serve_security_setup, serve_security_start
     serve_security_setup(server)  # TLS certificates, auth file, open-file limit
-    from tcpulse.cli.history import attach_store
-    attach_store(server, extra.get("db"))
+    from tcpulse.store.factory import open_store
+    server.use_store(open_store(extra.get("db"), server_id=server.server_id))  # --db none: MemoryStore
     admin = None
     if extra.get("admin"):
-        from tcpulse.admin.auth import admin_authorize
+        from tcpulse.admin.auth import admin_authorize, admin_bind_error
         from tcpulse.cli.status import AdminForServe
-        from tcpulse.cli.token import check_admin_bind
-        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(extra.get("admin_token")))
-        check_admin_bind(admin.admin.host, extra.get("admin_token"))  # no open admin port without a token
+        token = extra.get("admin_token")
+        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(token))
+        why = admin_bind_error(admin.admin.host, token)  # no open admin port without a token
+        if why is not None:
+            fail(why, 2)
     try:
         await server.start()
     except StoreOpenError as e:

@@ -8,7 +8,6 @@ failure into one line (the admin extra missing, a port in use, a bad address).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tcpulse.admin.auth import is_loopback_host
 from tcpulse.cli.common import fail, lang_option
 from tcpulse.i18n import _
 
@@ -94,11 +94,7 @@ def base_url(spec: str) -> str:
 def _opener(base: str) -> urllib.request.OpenerDirector:
     """An HTTP client that goes straight to a loopback admin endpoint (the default), whatever
     `http_proxy` says: a proxy cannot reach this machine's 127.0.0.1."""
-    host = urllib.parse.urlsplit(base).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
+    loopback = is_loopback_host(urllib.parse.urlsplit(base).hostname or "")
     return urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
 
 

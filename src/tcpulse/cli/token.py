@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from tcpulse.admin.auth import admin_bind_error
 from tcpulse.cli.common import error_text, fail
 from tcpulse.cli.console import ConsoleLog
 from tcpulse.i18n import _
@@ -25,7 +24,6 @@ from tcpulse.server.server import Server
 __all__ = [
     "DEFAULT_AUTH_FILE",
     "auth_file_option",
-    "check_admin_bind",
     "connect_tls",
     "plain_hint",
     "serve_security_setup",
@@ -139,13 +137,6 @@ def _capacity_text(cap: Capacity) -> str:
                  "to fit: raise 'ulimit -n' to hold more)").format(n=cap.clients, soft=cap.open_files,
                                                                     asked=cap.lowered_from)
     return _("this server can hold {n} clients (open-file limit {soft})").format(n=cap.clients, soft=cap.open_files)
-
-
-def check_admin_bind(host: str, token: str | None) -> None:
-    """Refuse to serve the admin endpoint beyond loopback without a bearer token."""
-    why = admin_bind_error(host, token)
-    if why is not None:
-        fail(why, 2)
 
 
 # ------------------------------------------------------------------------------ connect

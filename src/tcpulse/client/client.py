@@ -53,9 +53,7 @@ class Client:
         self.host = host
         self.port = port
         self.outbox = outbox or MemoryOutbox()
-        if id is not None and self.outbox.client_id not in (None, id):
-            raise ValueError(f"the outbox belongs to client id {self.outbox.client_id!r}, not {id!r}: "
-                             "its session is numbered for that id")
+        self.outbox.check_owner(id)  # OutboxOwnerError (a ValueError) if it is another id's
         self.id = id or self.outbox.client_id or default_id()
         self.outbox.bind(self.id)
         self.requested_interval = heartbeat_interval

@@ -21,7 +21,8 @@ from collections import deque
 
 from tcpulse.errors import N_, TcpulseError
 
-__all__ = ["OUTBOX_APPLICATION_ID", "MemoryOutbox", "Outbox", "OutboxError", "SQLiteOutbox", "new_session"]
+__all__ = ["OUTBOX_APPLICATION_ID", "MemoryOutbox", "Outbox", "OutboxError", "OutboxOwnerError", "SQLiteOutbox",
+           "new_session"]
 
 #: `PRAGMA application_id` of an outbox file ("tcpo"), told apart from a server database.
 OUTBOX_APPLICATION_ID = 0x7463706F
@@ -40,6 +41,13 @@ class Outbox:
     last_seq: int
     #: The client id this outbox belongs to (its session is numbered for that id), if known.
     client_id: str | None = None
+
+    def check_owner(self, client_id: str | None) -> None:
+        """Raise OutboxOwnerError if this outbox belongs to a client id other than `client_id`
+        (None: no id chosen yet, any owner will do): its session is numbered for its owner, and
+        another id must not continue it."""
+        if client_id is not None and self.client_id is not None and self.client_id != client_id:
+            raise OutboxOwnerError(self.client_id, client_id)
 
     def bind(self, client_id: str) -> None:
         """Remember which client id the session belongs to."""
@@ -94,6 +102,16 @@ class OutboxError(TcpulseError):
     """The outbox file cannot be used; the message says why and what to do.  `kind`: "in-use"
     (another process has it), "cannot-open" (the lock file cannot be made), "foreign" (the file is
     something else), "unusable" (SQLite cannot use it)."""
+
+
+class OutboxOwnerError(OutboxError, ValueError):
+    """The outbox belongs to client id `owner`, and `wanted` is another (`Outbox.check_owner`)."""
+
+    def __init__(self, owner: str, wanted: str) -> None:
+        super().__init__("owner", N_("the outbox belongs to client id {owner!r}, not {wanted!r}: "
+                                     "its session is numbered for that id"), owner=owner, wanted=wanted)
+        self.owner = owner
+        self.wanted = wanted
 
 
 class SQLiteOutbox(Outbox):

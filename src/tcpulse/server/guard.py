@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from tcpulse.policy.ratelimit import FailureDelay, FrameRate
 from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Hello
+from tcpulse.security.limits import raise_open_file_limit
 from tcpulse.security.tls import peer_identities, server_ssl_context
 from tcpulse.security.tokens import AuthFile, AuthFileError
 from tcpulse.server.config import DEFAULT_MAX_BUFFERED, DEFAULT_MAX_QUEUED, FD_RESERVE, ServerConfig, write_buffer_cap
@@ -41,22 +42,6 @@ QUEUE_STALL = 2.0
 AUTH_WATCH_EVERY = 1.0
 
 
-def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) in force after."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard_target = 1 << 20
-    else:
-        hard_target = hard
-    if soft != resource.RLIM_INFINITY and soft < hard_target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard_target, hard))
-            soft = hard_target
-        except (ValueError, OSError):
-            pass
-    return soft, hard
 
 
 def _host(addr: str) -> str:
