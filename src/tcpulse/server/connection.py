@@ -52,6 +52,7 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_acked_sent",
         "_closed",
+        "_ending",
         "_held",
         "_hub",
         "_linger",
@@ -115,6 +116,9 @@ class ServerConnection(asyncio.Protocol):
         #: Reading paused for the store (Hub.store_messages): a second reason to pause, beside
         #: the HELLO being answered (`conn.paused`); reading resumes when neither holds.
         self._held = False
+        #: Set when a BYE or a bad frame came behind messages not yet stored: how to end once
+        #: their ACK is out (`finish()`).
+        self._ending: tuple[DisconnectReason, str | None] | None = None
 
     # ---------------------------------------------------------------- Peer: read side
 
@@ -155,10 +159,14 @@ class ServerConnection(asyncio.Protocol):
         events = conn.receive_data(data)
         if events:
             self._handle(events)
+        if self._ending is not None:
+            return  # a BYE came: the rest waits for the store (see _end_after_store)
         limits = self.limits
         if limits is not None and limits.held != conn.buffered:
             # Global budget for partial frames (Guard.held).
             self._hub.guard.held(self, conn.buffered)
+        if conn.error is not None and self._end_after_store(DisconnectReason.ERROR, None):
+            return  # the ERR goes out behind the ACK still owed for the frames before it
         self._flush()
         if conn.error is not None:
             self._protocol_error()
@@ -168,6 +176,8 @@ class ServerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.conn.receive_eof()
+        if self._ending is not None:
+            return True  # the client is done sending; what we owe it still goes out, then we close
         if not self._closed:
             self.end(DisconnectReason.EOF)
         return None
@@ -264,9 +274,14 @@ class ServerConnection(asyncio.Protocol):
             elif t is Bye:
                 if pings:  # PINGs before the BYE still get their PONGs
                     self._rate(now, ctl, pings)
-                    self._flush()
                 hub.store_messages(self, stash)
-                self.end(DisconnectReason.BYE, ev.reason)
+                # PROTOCOL.md, "Errors": the frames before a BYE count; the ACK owed for them is
+                # written before the close (once they are stored).
+                if acks:
+                    self._ack_kept()
+                if not self._end_after_store(DisconnectReason.BYE, ev.reason):
+                    self._flush()
+                    self.end(DisconnectReason.BYE, ev.reason)
                 return
             elif t is Ping:
                 ctl += 1
@@ -278,11 +293,14 @@ class ServerConnection(asyncio.Protocol):
         if ctl:
             self._rate(now, ctl, pings)
         if acks:
-            # A durable store acknowledges on commit (Hub.on_commit); here only what it has
-            # committed already, for duplicates of it.
-            top = self.high if store.immediate else self.stored
-            if top > self._acked_sent:
-                self._send_ack(top)
+            self._ack_kept()
+
+    def _ack_kept(self) -> None:
+        # A durable store acknowledges on commit (Hub.on_commit); here only what it has
+        # committed already, for duplicates of it.
+        top = self.high if self._hub.store.immediate else self.stored
+        if top > self._acked_sent:
+            self._send_ack(top)
 
     def _rate(self, now: float, frames: int, pings: list[Ping]) -> None:
         # Answers the PINGs the rate limit allows; ERR 429 or a close for the rest.
@@ -330,7 +348,7 @@ class ServerConnection(asyncio.Protocol):
         # Parse what arrived behind the HELLO, then read on.
         if self.transport is not None and not self._closed:
             self.data_received(b"")
-            if not self.conn.paused and not self._closed and not self._held:
+            if not self.conn.paused and not self._closed and not self._held and self._ending is None:
                 self.transport.resume_reading()
 
     def hold_reading(self, hold: bool) -> None:
@@ -340,7 +358,7 @@ class ServerConnection(asyncio.Protocol):
             return
         if hold:
             tr.pause_reading()
-        elif not self.conn.paused:
+        elif not self.conn.paused and self._ending is None:
             tr.resume_reading()
 
     def unread(self) -> int:
@@ -361,7 +379,38 @@ class ServerConnection(asyncio.Protocol):
         if seq > self.stored:
             self.stored = seq
         self._send_ack(seq)
+        if self._ending is not None:
+            if not self.owes_acks:
+                self.finish()
+            return
         self._flush()
+
+    def _end_after_store(self, reason: DisconnectReason, detail: str | None) -> bool:
+        """A BYE or a bad frame came behind numbered messages the store has not committed yet:
+        stop reading and judging, and close once their ACK is written (`finish()`), or once the
+        store gave up (Hub.finish_after_store).  False when nothing is owed: close now."""
+        if not self.owes_acks or self._hub.store.immediate or self._closed:
+            return False
+        self._ending = (reason, detail)
+        hub = self._hub
+        hub.tracker.remove(self)  # it said goodbye (or broke the protocol): no deadline any more
+        if self.transport is not None:
+            self.transport.pause_reading()
+        hub.finish_after_store(self)
+        return True
+
+    def finish(self) -> None:
+        """Write what is owed after a BYE or a bad frame (ACKs, then the ERR), then close."""
+        ending = self._ending
+        if ending is None or self._closed:
+            return
+        self._ending = None
+        self._flush()
+        reason, detail = ending
+        if reason is DisconnectReason.ERROR:
+            self._protocol_error()
+        else:
+            self.end(reason, detail)
 
     def ping(self) -> None:
         """Send a PING to measure the round-trip time (answered PONG sets `rtt`)."""

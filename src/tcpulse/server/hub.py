@@ -11,6 +11,7 @@ connection only as a `Peer`.  `Server` (server.py) is the public face over it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -39,13 +40,16 @@ from tcpulse.server.registry import Registry
 from tcpulse.server.view import ClientView, DisconnectReason
 from tcpulse.store.base import ConnectionRecord, SessionKey, Store, StoreUnavailable
 
-__all__ = ["MAX_LINGERING", "Hub"]
+__all__ = ["FINISH_WAIT", "MAX_LINGERING", "Hub"]
 
 #: At most this many sockets linger at once; beyond, the server closes at once after the last
 #: frame (it is in the kernel already, and reaches a client that sent nothing more).  Lingering
 #: sockets are not clients, so without a cap a flood of bad or refused connections that the
 #: attacker keeps open would spend the descriptors kept back for them (config.FD_RESERVE, 100).
 MAX_LINGERING = 50
+#: Seconds a connection that said BYE (or sent a bad frame) waits for the store to commit what
+#: came before, so that its ACK goes out before the close (PROTOCOL.md, "Errors").
+FINISH_WAIT = 5.0
 
 
 class Hub:
@@ -254,6 +258,17 @@ class Hub:
             paused, self.paused = self.paused, set()
             for c in paused:
                 c.hold_reading(False)
+
+    def finish_after_store(self, c: Peer) -> None:
+        """`c` ends (BYE, or a bad frame) behind messages not stored yet: it closes when their ACK
+        is out (`Peer.acknowledge` calls `finish()`), or when the store gives up or takes longer
+        than FINISH_WAIT; what is not acknowledged then, the client sends again."""
+        self.spawn(self._finish_after_store(c))
+
+    async def _finish_after_store(self, c: Peer) -> None:
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            await asyncio.wait_for(self.store.flush(), FINISH_WAIT)
+        c.finish()
 
     def on_store_state(self, failing: bool, text: str) -> None:
         # PROTOCOL.md, "Errors", 503: a numbered sender with unacknowledged messages is closed,

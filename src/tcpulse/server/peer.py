@@ -110,6 +110,9 @@ class Peer(Protocol):
     def ping(self) -> None:
         """PING the client to measure the round trip."""
 
+    def finish(self) -> None:
+        """After a BYE or a bad frame that waited for the store: write what is owed, then close."""
+
     def fail(self, code: ErrorCode, text: str, reason: DisconnectReason = DisconnectReason.ERROR) -> None:
         """Send `ERR code text` and close."""
 
