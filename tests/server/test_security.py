@@ -531,3 +531,40 @@ def test_limit_settings_are_checked() -> None:
     from tcpulse.server.config import write_buffer_cap
     assert write_buffer_cap(ServerConfig()) == 2 * ((1 << 20) + 4096)
     assert write_buffer_cap(ServerConfig(max_write_buffer=0)) > 1 << 40  # off
+
+
+async def test_half_done_tls_handshakes_are_bounded_and_counted(start_server: Any, pki: dict[str, Any]) -> None:
+    # 70 sockets that connect to the TLS port and never say a word: at most MAX_LINGERING of them
+    # hold a descriptor (the rest are closed at once), each for the handshake timeout only (not
+    # the heartbeat timeout), and every one is counted; the log gets a few reports, not 70.
+    from tcpulse.server.events import HandshakeFailed, ServerEvent
+    from tcpulse.server.hub import HANDSHAKE_REPORTS_PER_SEC, MAX_LINGERING
+
+    srv = await _tls_server(start_server, pki, tls_handshake_timeout=0.3, heartbeat_timeout=30.0,
+                            heartbeat_interval=10.0)
+    events: list[ServerEvent] = []
+    srv.subscribe(events.append, messages=False)
+    n = MAX_LINGERING + 20
+    t0 = time.monotonic()
+    socks = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(n)]
+    closed_at: list[float] = []
+
+    async def wait_close(r: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(r.read(), 5)
+        closed_at.append(time.monotonic() - t0)
+    await asyncio.gather(*(wait_close(r) for r, _w in socks))
+    for _r, w in socks:
+        w.close()
+    assert len(closed_at) == n
+    assert max(closed_at) < 3.0, "half-done handshakes were held far past their own timeout"
+    assert srv.handshake_failures == n
+    reports = [e for e in events if isinstance(e, HandshakeFailed)]
+    refused = [e for e in reports if e.error.startswith("refused")]
+    assert refused, "no socket was refused although more than MAX_LINGERING were handshaking"
+    assert len(reports) + sum(e.suppressed for e in reports) <= n
+    assert len(reports) <= HANDSHAKE_REPORTS_PER_SEC * (int(max(closed_at)) + 2)
+    # The server is still there for a real TLS client.
+    async with Client("127.0.0.1", srv.port, id="after-flood", ssl_context=client_ssl_context(pki["ca_pem"]),
+                      server_hostname="localhost", reconnect=False) as c:
+        assert c.ok is not None

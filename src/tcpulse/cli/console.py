@@ -27,6 +27,7 @@ from tcpulse.server.events import (
     Connected,
     Disconnected,
     DisconnectReason,
+    HandshakeFailed,
     HeartbeatReceived,
     HelloReceived,
     Listening,
@@ -234,6 +235,11 @@ class ConsoleLog:
         if isinstance(ev, ProtocolErrorOccurred):
             return _("Protocol error from {client} ({addr}): ERR {code} {text}").format(
                 client=ev.client.name, addr=ev.client.addr, code=ev.code, text=escape(ev.text))
+        if isinstance(ev, HandshakeFailed):
+            line = _("TLS handshake from {addr} failed: {error}").format(addr=ev.addr, error=escape(ev.error))
+            if ev.suppressed:
+                line += " " + _("({n} more failed handshakes not shown)").format(n=ev.suppressed)
+            return line
         if isinstance(ev, Warning_):
             text = ev.text if ev.error is None else ev.text.replace(str(ev.error), error_text(ev.error), 1)
             return _("Warning: {text}").format(text=text)
@@ -352,6 +358,10 @@ class ConsoleLog:
             d.update(code=ev.code, text=ev.text)
         elif isinstance(ev, Warning_):
             d.update(event="warning", text=ev.text, **ev.fields)
+        elif isinstance(ev, HandshakeFailed):
+            d.update(event="tls-failed", addr=ev.addr, error=ev.error)
+            if ev.suppressed:
+                d["suppressed"] = ev.suppressed
         elif quiet:
             return None
         elif isinstance(ev, Connected):

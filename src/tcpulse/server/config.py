@@ -44,6 +44,9 @@ class ServerConfig:
     tls_client_ca: str | None = None
     auth_file: str | None = None
     auth_timeout: float = 2.0
+    #: Seconds a TLS handshake may take before the socket is closed (not the heartbeat timeout:
+    #: a half-done handshake is not a client yet).
+    tls_handshake_timeout: float = 5.0
     max_clients: int | None = None  # None: as many as the open-file limit allows
     max_per_addr: int = 0
     max_frames_per_sec: float = 10000.0
@@ -133,6 +136,7 @@ def validate_limits(cfg: ServerConfig) -> None:
         raise ConfigError("needs-tls", N_("{field} needs TLS: add {cert} and {key}"),
                           names={"field": "tls_client_ca", "cert": "tls_cert", "key": "tls_key"})
     _positive("auth_timeout", cfg.auth_timeout)
+    _positive("tls_handshake_timeout", cfg.tls_handshake_timeout)
     for name in ("max_clients", "max_per_addr", "max_frames_per_sec", "max_pings_per_sec",
                  "max_strikes", "max_buffered", "max_write_buffer", "max_queued", "max_store_backlog"):
         v = getattr(cfg, name)

@@ -18,6 +18,7 @@ __all__ = [
     "Connected",
     "DisconnectReason",
     "Disconnected",
+    "HandshakeFailed",
     "HeartbeatReceived",
     "HelloReceived",
     "Listening",
@@ -128,6 +129,18 @@ class ProtocolErrorOccurred:
 
 
 @dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """A TLS handshake failed (bad certificate, plain TCP on a TLS port, too slow, refused
+    because too many were in progress).  Reported at most `HANDSHAKE_REPORTS_PER_SEC` times a
+    second: `suppressed` says how many failures since the last report were not reported one by
+    one; `Server.handshake_failures` counts them all."""
+
+    addr: str
+    error: str
+    suppressed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -145,5 +158,5 @@ class Warning_:
 
 ServerEvent = Union[
     Listening, Connected, HelloReceived, MessageReceived, MessagesReceived, HeartbeatReceived, Suspect, Recovered,
-    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured,
+    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured, HandshakeFailed,
 ]

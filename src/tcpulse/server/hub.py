@@ -24,6 +24,7 @@ from tcpulse.server.config import ServerConfig
 from tcpulse.server.events import (
     Connected,
     Disconnected,
+    HandshakeFailed,
     HeartbeatReceived,
     HelloReceived,
     MessageReceived,
@@ -47,6 +48,9 @@ __all__ = ["FINISH_WAIT", "MAX_LINGERING", "Hub"]
 #: sockets are not clients, so without a cap a flood of bad or refused connections that the
 #: attacker keeps open would spend the descriptors kept back for them (config.FD_RESERVE, 100).
 MAX_LINGERING = 50
+#: Failed TLS handshakes reported one by one per second; the rest are counted (a flood of bad
+#: handshakes must not become a flood of log lines).
+HANDSHAKE_REPORTS_PER_SEC = 5
 #: Seconds a connection that said BYE (or sent a bad frame) waits for the store to commit what
 #: came before, so that its ACK goes out before the close (PROTOCOL.md, "Errors").
 FINISH_WAIT = 5.0
@@ -90,6 +94,11 @@ class Hub:
         self.paused: set[Peer] = set()
         #: How many times a sender was paused for the store (a figure for the admin and tests).
         self.pauses = 0
+        #: TLS handshakes that failed (all of them; their events are rate-limited).
+        self.handshake_failures = 0
+        self._handshake_window = 0
+        self._handshake_reported = 0
+        self._handshake_quiet = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -167,6 +176,20 @@ class Hub:
 
     def linger_done(self) -> None:
         self.lingering -= 1
+
+    def handshake_failed(self, addr: str, why: str) -> None:
+        """A TLS handshake failed: count it; report it unless many already were this second."""
+        self.handshake_failures += 1
+        second = int(self.now())
+        if second != self._handshake_window:
+            self._handshake_window = second
+            self._handshake_reported = 0
+        if self._handshake_reported >= HANDSHAKE_REPORTS_PER_SEC:
+            self._handshake_quiet += 1
+            return
+        self._handshake_reported += 1
+        quiet, self._handshake_quiet = self._handshake_quiet, 0
+        self.emit(HandshakeFailed(addr, why, quiet))
 
     def spawn(self, coro: Any) -> None:
         """Run `coro` as a task the server cancels when it closes."""

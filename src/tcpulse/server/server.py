@@ -27,6 +27,7 @@ from tcpulse.server.config import ServerConfig
 from tcpulse.server.connection import ServerConnection
 from tcpulse.server.events import Listening, ServerEvent, Status
 from tcpulse.server.guard import Guard
+from tcpulse.server.handshake import Handshake
 from tcpulse.server.hub import Hub
 from tcpulse.server.view import ClientView, DisconnectReason
 from tcpulse.store.base import Store
@@ -92,6 +93,11 @@ class Server:
     def accepting(self) -> bool:
         """True while the server listens and takes new connections (the admin's /healthz)."""
         return self._server is not None and self._server.is_serving() and not self._hub.closing
+
+    @property
+    def handshake_failures(self) -> int:
+        """TLS handshakes that failed so far (bad certificates, plain TCP, too slow, refused)."""
+        return self._hub.handshake_failures
 
     @property
     def lingering(self) -> int:
@@ -178,11 +184,20 @@ class Server:
         )
         plain_asyncio = isinstance(loop, asyncio.BaseEventLoop)
         ssl_ctx = hub.guard.ssl
+        factory: Callable[[], asyncio.Protocol]
+        if ssl_ctx is None:
+            def factory() -> asyncio.Protocol:
+                return ServerConnection(hub)
+        else:
+            # TLS: accepted as plain TCP and upgraded by the server itself, so that half-done
+            # handshakes are bounded and counted (handshake.py).
+            ctx, wait = ssl_ctx, cfg.tls_handshake_timeout
+
+            def factory() -> asyncio.Protocol:
+                return Handshake(hub, ctx, wait)
         self._server = await loop.create_server(
-            lambda: ServerConnection(hub), cfg.host, cfg.port, reuse_address=True,
-            backlog=min(ACCEPT_BATCH, cfg.backlog) if plain_asyncio else cfg.backlog, ssl=ssl_ctx,
-            # A TLS handshake is held to the liveness deadline, like any silent client.
-            ssl_handshake_timeout=cfg.heartbeat_timeout if ssl_ctx is not None else None)
+            factory, cfg.host, cfg.port, reuse_address=True,
+            backlog=min(ACCEPT_BATCH, cfg.backlog) if plain_asyncio else cfg.backlog)
         if plain_asyncio:
             for ts in self._server.sockets:
                 with socket.socket(fileno=os.dup(ts.fileno())) as dup:
