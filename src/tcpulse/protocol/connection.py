@@ -405,6 +405,10 @@ class Connection:
                 # A bare line ending (Enter pressed in nc) carries no frame: skipped.
                 continue
             append(self._control(line))
+            # An INFO sets the caps for what follows it, in this read too (found by
+            # fuzz/fuzz_connection.py: a long line behind INFO was judged by the pre-INFO cap).
+            max_line = self.max_line
+            max_payload = self.max_payload
             their = self._their
             if their is not opened and their is not IDLE and their is not ANSWER:
                 # A HELLO to hold until it is answered, or their BYE: stop here.
