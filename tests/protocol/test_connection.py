@@ -8,8 +8,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpulse import Ack, Bye, Connection, Err, ErrorCode, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong, Role
+import tcpulse
+from tcpulse import (
+    Ack,
+    Bye,
+    Connection,
+    Err,
+    ErrorCode,
+    Heartbeat,
+    Hello,
+    Info,
+    LocalProtocolError,
+    Msg,
+    Ok,
+    Ping,
+    Pong,
+    ProtocolError,
+    RemoteProtocolError,
+    Role,
+)
+from tcpulse.protocol import errors
 from tcpulse.protocol.connection import PRE_INFO_CAP
+from tcpulse.protocol.events import as_float, as_int
 
 INFO = Info(server_id="s1", version="1.0.0", heartbeat_interval=5.0, heartbeat_timeout=10.0,
             auth_required=False, durable=False, max_line=4096, max_payload=1 << 20)
@@ -45,6 +65,27 @@ def tr(make: object, data: bytes, expected: list[object]) -> Connection:
     assert c.receive_data(data + b"MSG 3\nab") == expected
     assert c.error is None
     return results[0]
+
+
+def tr_bad(make: object, data: bytes, code: ErrorCode) -> str:
+    """tr() for a bad frame: whole, one byte at a time and followed by more data, the same
+    RemoteProtocolError (returned: its text), no events, and (server role) its ERR last out."""
+    texts = set()
+    for chunks in ([data], [data[i:i + 1] for i in range(len(data))], [data + b"HEARTBEAT\nMSG 3\nab"]):
+        c = make()  # type: ignore[operator]
+        evs: list[object] = []
+        for ch in chunks:
+            evs += c.receive_data(ch)
+        assert evs == []
+        assert isinstance(c.error, RemoteProtocolError) and c.error.code == code, c.error
+        out = c.data_to_send()
+        if c.role is Role.SERVER:
+            assert out == b"ERR %d %s\n" % (code, c.error.text.encode())
+        else:
+            assert out == b""  # a client sends no ERR
+        texts.add(c.error.text)
+    assert len(texts) == 1
+    return texts.pop()
 
 
 # ------------------------------------------------------------------------------ framing
@@ -264,15 +305,16 @@ def test_client_full_exchange() -> None:
 
 
 def test_send_direction_checks() -> None:
+    # LocalProtocolError is a ValueError: callers that caught ValueError still do.
     c = server()
     with pytest.raises(ValueError):
         c.send(Heartbeat())
-    with pytest.raises(ValueError):
+    with pytest.raises(LocalProtocolError):
         c.send(Msg(payload=b"x", seq=1))
     cl = client()
     with pytest.raises(ValueError):
         cl.send(Ack(seq=1))
-    with pytest.raises(ValueError):
+    with pytest.raises(LocalProtocolError):
         cl.send(Msg(payload=b"x", seq=1))  # no HELLO with a session
 
 
@@ -329,4 +371,192 @@ def test_any_bytes_give_events_or_a_protocol_error(data: bytes, role: Role) -> N
     if c.error is not None:
         assert c.closed
     # Never buffers past the caps.
-    assert len(c._pending) <= c.max_line + 1 + 7 or c.paused
+    assert c.buffered <= max(c.max_line + 1, c.max_payload) or c.paused
+
+
+# ------------------------------------------------------------------------------ local and remote errors
+
+
+def test_remote_and_local_errors_are_told_apart() -> None:
+    assert issubclass(RemoteProtocolError, ProtocolError) and not issubclass(RemoteProtocolError, ValueError)
+    assert issubclass(LocalProtocolError, ProtocolError) and issubclass(LocalProtocolError, ValueError)
+    assert tcpulse.RemoteProtocolError is errors.RemoteProtocolError
+    assert tcpulse.LocalProtocolError is errors.LocalProtocolError
+    assert tcpulse.ConnectionState is tcpulse.protocol.connection.ConnectionState
+    # Remote: kept, never raised out of receive_data(), and it is what the ERR says.
+    c = server()
+    c.receive_data(b"ACK 1\n")
+    assert isinstance(c.error, RemoteProtocolError)
+    assert (c.error.code, c.error.text) == (ErrorCode.BAD_FRAME, "ACK is not allowed in this direction")
+    assert str(c.error) == "400 ACK is not allowed in this direction"
+    assert c.data_to_send() == b"ERR 400 ACK is not allowed in this direction\n"
+    # Local: raised by send(), nothing queued, and .error untouched.
+    c = server()
+    with pytest.raises(LocalProtocolError) as info:
+        c.send(Hello(id="a"))
+    assert str(info.value) == info.value.text == "HELLO is client to server only"
+    assert info.value.code == ErrorCode.BAD_FRAME
+    assert c.error is None and c.data_to_send() == b""
+
+
+def test_an_err_our_program_sends_closes_without_blaming_the_peer() -> None:
+    c = server()
+    c.send(Err(code=503, text="store unavailable"))
+    assert c.closed and c.error is None
+    assert c.receive_data(b"HEARTBEAT\n") == []
+    assert c.data_to_send() == b"ERR 503 store unavailable\n"
+
+
+# ------------------------------------------------------------------------------ issue 15: numbers in JSON
+
+
+BIG = b"9" * 400  # beyond a float: float() of it raises OverflowError
+HUGE_INT = b"1" + b"0" * 320
+
+
+def hello_line(value: bytes, key: bytes = b"heartbeat_interval") -> bytes:
+    return b'HELLO {"id":"a","%s":%s}\n' % (key, value)
+
+
+def info_line(key: bytes, value: bytes) -> bytes:
+    return b'INFO {"%s":%s}\n' % (key, value)
+
+
+def client_waiting_ok() -> Connection:
+    c = client()
+    c.receive_data(b"INFO {}\n")
+    c.send(Hello(id="a"))
+    c.data_to_send()
+    return c
+
+
+def ok_line(key: bytes, value: bytes) -> bytes:
+    obj = {b"id": b'"a"', b"heartbeat_interval": b"5.0", b"heartbeat_timeout": b"10.0", b"acked": b"0"}
+    obj[key] = value
+    return b"OK {" + b",".join(b'"%s":%s' % kv for kv in obj.items()) + b"}\n"
+
+
+BAD_SECONDS = [BIG, b"-" + BIG, HUGE_INT, b"1e400", b"-1e400", b"0", b"-0.0", b"-5", b"1e-400", b"true",
+               b"null", b'"5"', b"[5]", b'{"s":5}', b"NaN", b"Infinity", b"-Infinity", b"[[[[1]]]]"]
+BAD_INTS = [BIG, b"-" + BIG, HUGE_INT, b"%d" % (1 << 63), b"4096.0", b"1e3", b"0", b"-1", b"true", b"null",
+            b'"4096"', b"[4096]", b"{}"]
+
+
+@pytest.mark.parametrize("value", BAD_SECONDS)
+def test_hello_interval_that_is_no_positive_float_is_err_400(value: bytes) -> None:
+    # Issue 15, row 4: a 400-digit integer raised OverflowError out of receive_data().
+    text = tr_bad(server, hello_line(value), ErrorCode.BAD_FRAME)
+    assert text in ("HELLO heartbeat_interval must be a positive number", "bad JSON in HELLO")  # NaN: not JSON
+
+
+@pytest.mark.parametrize("key", [b"heartbeat_interval", b"heartbeat_timeout"])
+@pytest.mark.parametrize("value", BAD_SECONDS)
+def test_info_seconds_that_are_no_positive_float_are_a_bad_frame(key: bytes, value: bytes) -> None:
+    text = tr_bad(client, info_line(key, value), ErrorCode.BAD_FRAME)
+    assert text in (f"INFO {key.decode()} must be a positive number", "bad JSON in INFO")
+
+
+@pytest.mark.parametrize("key", [b"max_line", b"max_payload", b"proto"])
+@pytest.mark.parametrize("value", BAD_INTS)
+def test_info_integers_out_of_range_or_not_integers_are_a_bad_frame(key: bytes, value: bytes) -> None:
+    assert tr_bad(client, info_line(key, value), ErrorCode.BAD_FRAME).startswith(f"INFO {key.decode()} must be")
+
+
+@pytest.mark.parametrize("key", [b"heartbeat_interval", b"heartbeat_timeout"])
+@pytest.mark.parametrize("value", BAD_SECONDS)
+def test_ok_seconds_that_are_no_positive_float_are_a_bad_frame(key: bytes, value: bytes) -> None:
+    text = tr_bad(client_waiting_ok, ok_line(key, value), ErrorCode.BAD_FRAME)
+    assert text in (f"OK {key.decode()} must be a positive number", "bad JSON in OK")
+
+
+@pytest.mark.parametrize("value", [v for v in BAD_INTS if v != b"0"])
+def test_ok_acked_out_of_range_or_not_an_integer_is_a_bad_frame(value: bytes) -> None:
+    assert tr_bad(client_waiting_ok, ok_line(b"acked", value), ErrorCode.BAD_FRAME) == \
+        "OK acked must be an integer from 0 to 2^63-1"
+
+
+def test_big_but_finite_numbers_are_floats_and_integers_up_to_2_63_pass() -> None:
+    # A 300-digit integer is a float (1e300): the server clamps it like any other interval.
+    c = tr(server, hello_line(b"1" + b"0" * 300), [Hello(id="a", heartbeat_interval=1e300)])
+    assert type(c.hello.heartbeat_interval) is float  # type: ignore[union-attr]
+    tr(server, hello_line(b"5e-324"), [Hello(id="a", heartbeat_interval=5e-324)])
+    c = tr(server, hello_line(b"5"), [Hello(id="a", heartbeat_interval=5.0)])
+    assert type(c.hello.heartbeat_interval) is float  # type: ignore[union-attr]
+    top = (1 << 63) - 1
+    tr(client_waiting_ok, ok_line(b"acked", b"%d" % top),
+       [Ok(id="a", heartbeat_interval=5.0, heartbeat_timeout=10.0, acked=top)])
+    c = client()
+    [info] = c.receive_data(b'INFO {"max_line":%d,"heartbeat_timeout":1e300}\n' % top)
+    assert isinstance(info, Info) and info.max_line == c.max_line == top and info.heartbeat_timeout == 1e300
+
+
+def test_an_integer_past_ints_digit_limit_is_bad_json() -> None:
+    c = client()
+    c.receive_data(info_line(b"max_line", b"9" * 5000))
+    assert c.error is not None and c.error.text == "bad JSON in INFO"
+
+
+@pytest.mark.parametrize("data", [
+    b'HELLO {"id":"a","token":"\\ud800"}\n',  # a lone surrogate: no UTF-8 for it
+    b'HELLO {"id":"a","token":"\xed\xa0\x80"}\n',  # the same surrogate encoded as UTF-8
+    b'HELLO {"id":"a","token":"\xff"}\n',
+    b"HELLO " + '{"id":"a"}'.encode("utf-16-le") + b"\n",  # json.loads(bytes) would take UTF-16
+    b"HELLO " + '{"id":"a"}'.encode("utf-8-sig") + b"\n",
+    b'HELLO {"id":"a","session":5}\n',
+    b'HELLO {"id":"a","token":["t"]}\n',
+    b'HELLO {"id":5}\n',
+    b'HELLO {"id":["a"]}\n',
+])
+def test_hello_strings_must_be_strings_of_utf8(data: bytes) -> None:
+    tr_bad(server, data, ErrorCode.BAD_FRAME)
+
+
+@pytest.mark.parametrize("data", [
+    b'INFO {"server_id":"\\udfff"}\n',
+    b'INFO {"version":7}\n',
+    b'INFO {"auth_required":1}\n',
+    b'INFO {"durable":"yes"}\n',
+    b'OK {"id":"a:b","heartbeat_interval":1,"heartbeat_timeout":2}\n',
+    b'OK {"id":"a","heartbeat_interval":1}\n',
+])
+def test_info_and_ok_fields_of_the_wrong_type_are_bad_frames(data: bytes) -> None:
+    tr_bad(client_waiting_ok if data.startswith(b"OK") else client, data, ErrorCode.BAD_FRAME)
+
+
+def test_events_refuse_numbers_no_float_can_hold() -> None:
+    huge = 10 ** 400
+    for make in (lambda: Hello(id="a", heartbeat_interval=huge),
+                 lambda: Ok(id="a", heartbeat_interval=huge, heartbeat_timeout=1),
+                 lambda: Info(server_id="s", version="1", heartbeat_interval=1, heartbeat_timeout=huge,
+                              auth_required=False, durable=False, max_line=1, max_payload=1),
+                 lambda: Info(server_id="s", version="1", heartbeat_interval=1, heartbeat_timeout=1,
+                              auth_required=False, durable=False, max_line=huge, max_payload=1),
+                 lambda: Hello(id="a", token="\ud800"),
+                 lambda: Err(code=400, text="\udc80")):
+        with pytest.raises(ValueError):
+            make()
+    assert as_float(huge) is None and as_float(10 ** 300) == 1e300 and as_float(True) is None
+    assert as_float(float("inf")) is None and as_float(2) == 2.0 and as_float("2") is None
+    assert as_int(huge, 0, 1 << 63) is None and as_int(4096.0, 0, 1 << 63) is None and as_int(False, 0, 2) is None
+    assert as_int(7, 0, 8) == 7 and as_int(8, 0, 8) is None
+
+
+# ------------------------------------------------------------------------------ construction
+
+
+def test_auto_pong_is_a_keyword_and_still_an_attribute() -> None:
+    c = Connection(Role.SERVER, auto_pong=False)
+    c.send(INFO)
+    c.data_to_send()
+    assert c.auto_pong is False
+    assert c.receive_data(b"PING a\n") == [Ping(ctx="a")]
+    assert c.data_to_send() == b""  # the caller answers the PINGs it allows
+    c.auto_pong = True  # older callers set it after construction: still honoured
+    c.receive_data(b"PING b\n")
+    assert c.data_to_send() == b"PONG b\n"
+
+
+def test_msg_unchecked_is_a_plain_msg() -> None:
+    m = Msg.unchecked(b"abc", 7)
+    assert m == Msg(payload=b"abc", seq=7) and hash(m) == hash(Msg(payload=b"abc", seq=7))
+    assert Msg.unchecked(b"", None) == Msg(payload=b"")

@@ -1,18 +1,22 @@
 """Property tests of the protocol core beyond the parser basics (tests/protocol/test_connection.py):
 random event sequences in both roles, encoded by one `Connection` and parsed by another with
-arbitrary splits; hostile bytes in both roles with the memory held checked after every read; and
-the regressions found by the coverage-guided fuzzer (fuzz/fuzz_connection.py).
+arbitrary splits; hostile bytes in both roles with the memory held checked after every read;
+hostile JSON numbers (and other junk) in every field of INFO, HELLO and OK (issue 15); and the
+regressions found by the coverage-guided fuzzer (fuzz/fuzz_connection.py).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tcpulse.protocol.connection import Connection, Role
-from tcpulse.protocol.events import Ack, Bye, Err, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
+from tcpulse.protocol.connection import Connection, ConnectionState, Role
+from tcpulse.protocol.errors import ErrorCode, RemoteProtocolError
+from tcpulse.protocol.events import INT_LIMIT, Ack, Bye, Err, Heartbeat, Hello, Info, Msg, Ok, Ping, Pong
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -109,8 +113,7 @@ server_frame = st.one_of(
 @given(frames=st.lists(server_frame, max_size=25), end=st.sampled_from(["none", "bye", "err"]),
        cuts=st.lists(st.integers(0, 1 << 16), max_size=12))
 def test_server_sequences_parse_back_identically(frames: list[Any], end: str, cuts: list[int]) -> None:
-    server = Connection(Role.SERVER)
-    server.auto_pong = False
+    server = Connection(Role.SERVER, auto_pong=False)
     server.send(_info())
     server.receive_data(b'HELLO {"id":"c1"}\n')
     ok = Ok(id="c1", heartbeat_interval=1.0, heartbeat_timeout=2.0, acked=0)
@@ -142,7 +145,8 @@ noise = st.one_of(
     st.binary(max_size=400),
     st.sampled_from([b"MSG ", b"MSG 5 1\n", b"HEARTBEAT\n", b"PING x\n", b"\r\n", b"\n", b"HELLO {", b"}\n",
                      b"BYE\n", b"ACK 1\n", b"INFO {}\n", b"OK {}\n", b"ERR 429 x\n", b"\x00", b"\xff",
-                     b"9" * 30, b"[" * 50]),
+                     b"9" * 30, b"9" * 400, b"[" * 50, b'HELLO {"id":"c","heartbeat_interval":', b"1e400",
+                     b'OK {"id":"c","heartbeat_interval":1,"heartbeat_timeout":', b'INFO {"max_line":']),
 )
 
 
@@ -201,6 +205,23 @@ def test_payload_cr_at_the_end_of_a_read_is_not_a_bad_frame() -> None:
         assert _feed([bad[:cut], bad[cut:]])[1] == (400, "payload not followed by LF")
 
 
+def test_caps_from_info_hold_for_the_rest_of_the_same_read() -> None:
+    # fuzz/fuzz_connection.py found it: a client judged a line behind INFO, in the same read, by
+    # the 64 KiB cap it holds before INFO (a bad JSON 400) instead of INFO's max_line (413).
+    data = b'INFO {"max_line":128,"max_payload":16}\nPING ' + b"a" * 200 + b"\n"
+    results = set()
+    for cut in (len(data), 40, 45):
+        c = Connection(Role.CLIENT)
+        c.receive_data(data[:cut])
+        c.receive_data(data[cut:])
+        assert c.error is not None
+        results.add((c.error.code, c.error.text))
+    assert results == {(ErrorCode.TOO_LARGE, "control line too long")}
+    c = Connection(Role.CLIENT)
+    c.receive_data(b'INFO {"max_line":128,"max_payload":16}\nMSG 17\n')
+    assert c.error is not None and c.error.code == ErrorCode.TOO_LARGE
+
+
 def test_non_fatal_429_keeps_the_connection_open() -> None:
     c = Connection(Role.SERVER)
     c.send(_info())
@@ -209,3 +230,89 @@ def test_non_fatal_429_keeps_the_connection_open() -> None:
     assert c.data_to_send() == b"ERR 429 too many\n"
     assert not c.closed and c.error is None
     assert c.receive_data(b"HEARTBEAT\n") == [Heartbeat()]
+
+
+# ------------------------------------------------------------------------------ hostile JSON numbers (issue 15)
+
+#: JSON number literals a peer may send, valid or not: integers of any size (a float holds up to
+#: ~1.8e308: issue 15 was a 310-digit one), exponents past a float's range, negative zero, and
+#: everything that is not a number at all.
+number_literal = st.one_of(
+    st.integers(min_value=-(10 ** 420), max_value=10 ** 420).map(str),
+    st.integers(min_value=300, max_value=1000).map(lambda n: "9" * n),
+    st.integers(min_value=0, max_value=64).map(lambda k: str(2 ** k)),
+    st.integers(min_value=0, max_value=64).map(lambda k: str(2 ** k - 1)),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(min_value=-999, max_value=999).map(lambda e: f"1e{e}"),
+    st.sampled_from(["-0", "-0.0", "0", "1.0", "4096.0", "5e-324", "1e308", "1.8e308", "NaN", "Infinity",
+                     "-Infinity", "true", "false", "null"]),
+)
+json_junk = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10 ** 400), max_value=10 ** 400),
+              st.floats(), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+).map(lambda v: json.dumps(v))
+field_value = number_literal | json_junk
+
+SECONDS = {"heartbeat_interval", "heartbeat_timeout"}
+INTS = {"max_line": 1, "max_payload": 1, "proto": 1, "acked": 0}  # key: lowest valid value
+FRAMES: dict[str, tuple[str, dict[str, str]]] = {
+    # verb: (the role that reads it, a valid object as JSON literals)
+    "HELLO": ("server", {"id": '"c"', "session": '"s"', "heartbeat_interval": "1"}),
+    "INFO": ("client", {"proto": "1", "server_id": '"s"', "version": '"1"', "heartbeat_interval": "1.0",
+                        "heartbeat_timeout": "2.0", "auth_required": "false", "durable": "false",
+                        "max_line": "4096", "max_payload": "1048576"}),
+    "OK": ("client", {"id": '"c"', "heartbeat_interval": "1.0", "heartbeat_timeout": "2.0", "acked": "0"}),
+}
+
+
+def _sane(ev: Any) -> None:
+    # Every number of an event read off the wire is a finite positive float or an integer of
+    # the protocol's range: nothing that can overflow later in the server or the client.
+    for key in SECONDS & set(type(ev).__slots__):
+        v = getattr(ev, key)
+        if v is None:
+            continue
+        assert type(v) is float and math.isfinite(v) and v > 0, (key, v)
+    for key, lo in INTS.items():
+        if key in type(ev).__slots__:
+            v = getattr(ev, key)
+            assert type(v) is int and lo <= v < INT_LIMIT, (key, v)
+
+
+@SETTINGS
+@given(verb=st.sampled_from(sorted(FRAMES)), data=st.data(), value=field_value,
+       cuts=st.lists(st.integers(0, 1 << 12), max_size=6))
+def test_any_json_value_in_any_field_is_an_event_or_a_bad_frame(verb: str, data: st.DataObject, value: str,
+                                                                  cuts: list[int]) -> None:
+    reader, fields = FRAMES[verb]
+    key = data.draw(st.sampled_from(sorted(fields)))
+    obj = {**fields, key: value}
+    line = f"{verb} {{{','.join(f'{json.dumps(k)}:{v}' for k, v in obj.items())}}}\n".encode()
+    results = []
+    for chunks in ([line], _split(line, cuts)):
+        if reader == "server":
+            c = Connection(Role.SERVER)
+            c.send(_info())
+            c.data_to_send()
+        else:
+            c = Connection(Role.CLIENT)
+            if verb == "OK":
+                c.receive_data(b"INFO {}\n")
+                c.send(Hello(id="c"))
+                c.data_to_send()
+        evs: list[Any] = []
+        for ch in chunks:
+            evs += c.receive_data(ch)  # never raises, whatever the value
+        out = c.data_to_send()
+        if c.error is None:
+            [ev] = evs
+            _sane(ev)
+            assert out == b""
+        else:
+            assert evs == [] and isinstance(c.error, RemoteProtocolError)
+            assert c.error.code == ErrorCode.BAD_FRAME and c.their_state is ConnectionState.ERROR
+            assert out == (b"ERR 400 " + c.error.text.encode() + b"\n" if reader == "server" else b"")
+        results.append((evs, None if c.error is None else c.error.text))
+    assert results[0] == results[1]

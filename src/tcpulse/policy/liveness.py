@@ -15,7 +15,7 @@ import enum
 import heapq
 import math
 from array import array
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Generic, TypeVar
@@ -25,7 +25,6 @@ __all__ = [
     "Action",
     "ClientLiveness",
     "Detector",
-    "FixedDetector",
     "PhiDetector",
     "PhiSettings",
     "ScheduledBeats",
@@ -88,10 +87,6 @@ class Detector:
         """The suspicion level after `silent_for` seconds of silence (None: not an accrual
         detector)."""
         return None
-
-
-class FixedDetector(Detector):
-    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +359,6 @@ class Tracker(Generic[K]):
                 out.append(Verdict(key, State.SUSPECT, now - e.last, max(0.0, now - suspect_at), suspect_at))
             self._push(key, e)
         return out
-
-    def keys(self) -> Iterable[K]:
-        return self._entries.keys()
 
     # ------------------------------------------------------------------ internals
 

@@ -6,6 +6,8 @@ strikes" idea with token buckets: each connection has a bucket for PINGs (each o
 server a PONG, so a PING flood is an amplifier) and one for all control frames (`HEARTBEAT`,
 `PING`, `PONG`).  `MSG` is never limited here: messages are the payload of the service, bounded
 by TCP back-pressure and the buffer caps, and a numbered `MSG` must never be dropped silently.
+
+`FailureDelay` slows down repeated authentication failures from one address (401).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["FrameRate", "RateVerdict", "TokenBucket"]
+__all__ = ["FailureDelay", "FrameRate", "RateVerdict", "TokenBucket"]
 
 
 class TokenBucket:

@@ -1,8 +1,12 @@
 """One frozen dataclass per verb of the wire protocol (PROTOCOL.md, "Verbs").
 
 Each class validates its own fields when built by application code, so a program cannot send a
-frame the protocol forbids.  The parser validates what it reads once and builds the hot classes
-(`Msg`, `Heartbeat`) through `_fast()` constructors that skip re-validation.
+frame the protocol forbids.  The parser validates what it reads once and skips re-validation on
+the hot path: `Msg.unchecked()` builds a message from fields it has checked, and every
+`HEARTBEAT` is one shared `Heartbeat()`.
+
+`as_float()` and `as_int()` are the one check of every JSON number the protocol carries (INFO,
+HELLO, OK), used both here and by the parser (`tcpulse.protocol.fields`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from typing import Any, Union
 
 __all__ = [
     "CTX_RE",
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_PAYLOAD",
     "ID_RE",
+    "INT_LIMIT",
     "PROTO_VERSION",
     "SEQ_LIMIT",
     "SESSION_RE",
@@ -30,11 +37,24 @@ __all__ = [
     "Ok",
     "Ping",
     "Pong",
+    "as_float",
+    "as_int",
+    "is_utf8",
 ]
 
 PROTO_VERSION = 1
+#: PROTOCOL.md, "Framing": a control line is at most 4096 bytes by default.  Control lines carry
+#: a verb and a little JSON; anything longer is an attack or a bug, and we must never buffer it.
+DEFAULT_MAX_LINE = 4096
+#: PROTOCOL.md, "Framing": 1 MiB payloads by default; big enough for any status report, small
+#: enough that thousands of clients sending at once cannot exhaust memory.
+DEFAULT_MAX_PAYLOAD = 1 << 20
 #: PROTOCOL.md, "Verbs": `seq` is a positive integer below 2^63 (fits a signed 64-bit column).
 SEQ_LIMIT = 1 << 63
+#: Every integer of the JSON frames (`max_line`, `max_payload`, `proto`, `acked`) stays below
+#: 2^63 too: what a client in another language holds in a 64-bit integer.  JSON itself has no
+#: limit, so without one a peer could announce a 400-digit `max_line`.
+INT_LIMIT = 1 << 63
 
 ID_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 SESSION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -49,12 +69,52 @@ def _check(cond: bool, what: str) -> None:
         raise ValueError(what)
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def as_float(v: object) -> float | None:
+    """`v` as a float if it is a JSON number a float can hold: an int or a finite float, not a
+    boolean; else None.
+
+    JSON integers have no size limit, and `float()` (or `math.isfinite()`) of one beyond ~1.8e308
+    raises `OverflowError` (issue 15: a 310-digit `heartbeat_interval` in HELLO escaped from
+    `receive_data()`).  Every seconds field goes through here, so that error cannot reach a caller.
+    """
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:
+            return None
+    return None
 
 
-def _positive_number(v: object) -> bool:
-    return _is_number(v) and v > 0  # type: ignore[operator]
+def as_int(v: object, lo: int, hi: int) -> int | None:
+    """`v` if it is an integer with `lo <= v < hi` (not a boolean, not a float such as 4096.0);
+    else None.  Comparing Python ints never overflows, so a 400-digit one is simply out of range."""
+    if isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi:
+        return v
+    return None
+
+
+def is_utf8(s: str) -> bool:
+    """True when `s` can go on the wire as UTF-8.  A JSON string may hold a lone surrogate
+    (`"\\ud800"`), which no UTF-8 encoder accepts: a token or server id with one would raise far
+    from the parser (hashing a token, printing a server id)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _positive(v: object) -> bool:
+    f = as_float(v)
+    return f is not None and f > 0
+
+
+def _text_field(v: object) -> bool:
+    return isinstance(v, str) and is_utf8(v)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,15 +132,15 @@ class Info:
     proto: int = PROTO_VERSION
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.server_id, str), "server_id must be a string")
-        _check(isinstance(self.version, str), "version must be a string")
-        _check(_positive_number(self.heartbeat_interval), "heartbeat_interval must be > 0")
-        _check(_positive_number(self.heartbeat_timeout), "heartbeat_timeout must be > 0")
+        _check(_text_field(self.server_id), "server_id must be a string")
+        _check(_text_field(self.version), "version must be a string")
+        _check(_positive(self.heartbeat_interval), "heartbeat_interval must be a positive number")
+        _check(_positive(self.heartbeat_timeout), "heartbeat_timeout must be a positive number")
         _check(isinstance(self.auth_required, bool), "auth_required must be a boolean")
         _check(isinstance(self.durable, bool), "durable must be a boolean")
         for name in ("max_line", "max_payload", "proto"):
-            v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{name} must be a positive integer")
+            _check(as_int(getattr(self, name), 1, INT_LIMIT) is not None,
+                   f"{name} must be a positive integer below 2^63")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,9 +172,9 @@ class Hello:
             _check(isinstance(self.session, str) and SESSION_RE.fullmatch(self.session) is not None,
                    "session must be 1-64 characters of [A-Za-z0-9_-]")
         if self.token is not None:
-            _check(isinstance(self.token, str), "token must be a string")
+            _check(_text_field(self.token), "token must be a string")
         if self.heartbeat_interval is not None:
-            _check(_positive_number(self.heartbeat_interval), "heartbeat_interval must be a positive number")
+            _check(_positive(self.heartbeat_interval), "heartbeat_interval must be a positive number")
 
     def to_json(self) -> dict[str, Any]:
         # Optional keys are left out, never null (PROTOCOL.md, "Verbs").
@@ -139,10 +199,9 @@ class Ok:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.id, str) and ID_RE.fullmatch(self.id) is not None, "bad id")
-        _check(_positive_number(self.heartbeat_interval), "heartbeat_interval must be > 0")
-        _check(_positive_number(self.heartbeat_timeout), "heartbeat_timeout must be > 0")
-        _check(isinstance(self.acked, int) and not isinstance(self.acked, bool)
-               and 0 <= self.acked < SEQ_LIMIT, "acked must be an integer >= 0")
+        _check(_positive(self.heartbeat_interval), "heartbeat_interval must be a positive number")
+        _check(_positive(self.heartbeat_timeout), "heartbeat_timeout must be a positive number")
+        _check(as_int(self.acked, 0, SEQ_LIMIT) is not None, "acked must be an integer from 0 to 2^63-1")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,12 +251,16 @@ class Msg:
     def __post_init__(self) -> None:
         _check(isinstance(self.payload, (bytes, bytearray, memoryview)), "payload must be bytes")
         if self.seq is not None:
-            _check(isinstance(self.seq, int) and not isinstance(self.seq, bool)
-                   and 0 < self.seq < SEQ_LIMIT, "seq must be a positive integer below 2^63")
+            _check(as_int(self.seq, 1, SEQ_LIMIT) is not None, "seq must be a positive integer below 2^63")
 
     @classmethod
-    def _fast(cls, payload: bytes, seq: int | None) -> Msg:
-        # The parser has already validated both fields: skip __post_init__ on the hot path.
+    def unchecked(cls, payload: bytes, seq: int | None) -> Msg:
+        """A `Msg` built without validation, for the parser: it has checked both fields as it
+        read them, and `MSG` is nearly all the traffic (STYLE.md, "Hot paths stay cheap").
+
+        Only for fields known to be valid (`payload` bytes, `seq` None or 1 to 2^63-1); any other
+        code builds `Msg(payload=..., seq=...)`.  The parser's hottest line inlines this body.
+        """
         m = object.__new__(cls)
         object.__setattr__(m, "payload", payload)
         object.__setattr__(m, "seq", seq)
@@ -211,8 +274,7 @@ class Ack:
     seq: int
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.seq, int) and not isinstance(self.seq, bool)
-               and 0 < self.seq < SEQ_LIMIT, "seq must be a positive integer below 2^63")
+        _check(as_int(self.seq, 1, SEQ_LIMIT) is not None, "seq must be a positive integer below 2^63")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,9 +285,8 @@ class Err:
     text: str
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.code, int) and not isinstance(self.code, bool)
-               and 100 <= self.code <= 999, "code must be a three-digit integer")
-        _check(isinstance(self.text, str) and TEXT_RE.fullmatch(self.text) is not None,
+        _check(as_int(self.code, 100, 1000) is not None, "code must be a three-digit integer")
+        _check(isinstance(self.text, str) and TEXT_RE.fullmatch(self.text) is not None and is_utf8(self.text),
                "text must be printable, on one line")
 
 
@@ -237,7 +298,8 @@ class Bye:
 
     def __post_init__(self) -> None:
         if self.reason is not None:
-            _check(isinstance(self.reason, str) and TEXT_RE.fullmatch(self.reason) is not None,
+            _check(isinstance(self.reason, str) and TEXT_RE.fullmatch(self.reason) is not None
+                   and is_utf8(self.reason),
                    "reason must be printable, on one line")
 
 

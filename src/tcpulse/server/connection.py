@@ -84,8 +84,7 @@ class ServerConnection(asyncio.Protocol):
         self._hub = hub
         cfg = hub.config
         # PINGs are answered here, within the rate limit (Guard.rate), not by the core.
-        self.conn = Connection(Role.SERVER, max_line=cfg.max_line, max_payload=cfg.max_payload)
-        self.conn.auto_pong = False
+        self.conn = Connection(Role.SERVER, max_line=cfg.max_line, max_payload=cfg.max_payload, auto_pong=False)
         self.transport: Any = None
         self.conn_id = next(_conn_ids)
         self.addr = "?"
