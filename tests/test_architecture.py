@@ -212,3 +212,30 @@ def test_no_reach_ins() -> None:
     out = subprocess.run([str(ruff), "check", "--select", "SLF001", "--output-format", "concise",
                           "--no-cache", str(PKG)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_tree_matches_the_map() -> None:
+    # docs/architecture.md's map names every package and every module in it, and nothing that
+    # is not there: a module added without its place on the map fails here.
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    block = doc.split("## The map", 1)[1].split("```", 2)[1]
+    sections: dict[str, str] = {}
+    current = ""
+    for line in block.splitlines():
+        head = line[2:].split(" ", 1)[0] if line.startswith("  ") and not line.startswith("   ") else ""
+        if head.endswith("/") or head.endswith(".py"):
+            current = head.rstrip("/") if head.endswith("/") else ""
+            sections.setdefault(current, "")
+        sections[current] = sections.get(current, "") + line + "\n"
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert set(sections) - {""} == packages, "packages on the map and in the tree differ"
+    missing = []
+    for path in sorted(PKG.glob("*/*.py")):
+        if path.name == "__init__.py":
+            continue
+        if path.name not in sections.get(path.parent.name, ""):
+            missing.append(str(path.relative_to(PKG)))
+    for path in sorted(PKG.glob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py") and path.name not in block:
+            missing.append(path.name)
+    assert not missing, "modules not on the map of docs/architecture.md: " + ", ".join(missing)
