@@ -224,9 +224,7 @@ class Ping:
     ctx: str | None = None
 
     def __post_init__(self) -> None:
-        if self.ctx is not None:
-            _check(isinstance(self.ctx, str) and CTX_RE.fullmatch(self.ctx) is not None,
-                   "ctx must be 1-32 printable ASCII characters without space")
+        _check_ctx(self.ctx)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,9 +234,13 @@ class Pong:
     ctx: str | None = None
 
     def __post_init__(self) -> None:
-        if self.ctx is not None:
-            _check(isinstance(self.ctx, str) and CTX_RE.fullmatch(self.ctx) is not None,
-                   "ctx must be 1-32 printable ASCII characters without space")
+        _check_ctx(self.ctx)
+
+
+def _check_ctx(ctx: object) -> None:
+    if ctx is not None:
+        _check(isinstance(ctx, str) and CTX_RE.fullmatch(ctx) is not None,
+               "ctx must be 1-32 printable ASCII characters without space")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

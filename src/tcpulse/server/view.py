@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tcpulse.policy.liveness import State, Tracker
+from tcpulse.server.registry import Member
 
 __all__ = ["ClientView", "DisconnectReason", "Record", "format_addr"]
 
@@ -40,17 +41,11 @@ def format_addr(peer: Any) -> str:
     return str(peer)
 
 
-class Record(Protocol):
+class Record(Member, Protocol):
     """What a `ClientView` reads of a connection (the server's per-connection object has it)."""
 
     @property
     def conn_id(self) -> int: ...
-    @property
-    def id(self) -> str | None: ...
-    @property
-    def addr(self) -> str: ...
-    @property
-    def session(self) -> str | None: ...
     @property
     def connected_at(self) -> float: ...
     @property
