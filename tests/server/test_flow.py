@@ -131,3 +131,44 @@ async def test_a_stalled_loop_judges_by_what_clients_did(start_server: Any) -> N
     assert timed_out == {"silent"}, timed_out
     talker.close()
     silent.close()
+
+
+async def test_bytes_kept_back_by_the_read_budget_keep_their_order(start_server: Any,
+                                                                   monkeypatch: Any) -> None:
+    # With no read budget at all, every read after the first of a loop iteration is kept back
+    # for a later one: nothing may be lost, reordered or judged early because of it, and an EOF
+    # that came behind kept bytes waits for them.
+    import socket as _socket
+
+    import tcpulse.server.hub as hub_mod
+    monkeypatch.setattr(hub_mod, "READ_BUDGET", 0.0)
+    srv = await start_server()
+    events: list[ServerEvent] = []
+    srv.subscribe(events.append, messages=False)
+    a = await RawClient.open(srv.port)
+    await a.hello("flood-a", session="s")
+    b = await RawClient.open(srv.port)
+    await b.hello("flood-b")
+    total = 3000
+    data = numbered(1, total, size=40)
+    plain = b"".join(b"MSG 3\nabc\n" for _ in range(total))
+    for i in range(0, len(data), 7000):  # many small writes: many reads on the server
+        a.writer.write(data[i:i + 7000])
+        b.writer.write(plain[i:i + 7000])
+        await asyncio.sleep(0)
+    a.writer.write(b"BYE done\n")
+    b.writer.write(plain[len(data):] if len(plain) > len(data) else b"")
+    b.writer.write(b"PING end\n")
+    await a.writer.drain()
+    await b.writer.drain()
+    b.writer.get_extra_info("socket").shutdown(_socket.SHUT_WR)
+    a_lines = [ln for ln in await a.lines_until_eof(10) if not ln.startswith(b"PING")]
+    assert a_lines[-1] == b"ACK %d" % total, a_lines[-3:]
+    b_lines = [ln for ln in await b.lines_until_eof(10) if not ln.startswith(b"PING")]
+    assert b_lines == [b"PONG end"], b_lines
+    ends = {e.client.name: e for e in events if isinstance(e, Disconnected)}
+    assert ends["flood-a"].reason.value == "bye" and ends["flood-a"].client.messages == total
+    assert ends["flood-b"].reason.value == "eof" and ends["flood-b"].client.messages == total
+    assert not [e for e in events if isinstance(e, TimedOut)]
+    a.close()
+    b.close()

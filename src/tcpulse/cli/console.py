@@ -64,6 +64,10 @@ def _reason_text(reason: DisconnectReason, detail: str | None) -> str:
     }.get(reason, reason.value)
 
 
+#: What one message line takes, roughly (for deciding that a batch would not fit the sink).
+_LINE_ESTIMATE = 100
+
+
 class _Stamps:
     """Timestamps made once per second, not once per line (strftime costs more than the line)."""
 
@@ -180,6 +184,9 @@ class ConsoleLog:
         return escape(text)
 
     def _text_batch(self, ev: MessagesReceived) -> None:
+        if self.sink.would_drop(len(ev.messages) * _LINE_ESTIMATE):
+            self.sink.drop(len(ev.messages))  # the reader is behind: do not even make the lines
+            return
         name = ev.client.name
         prefix = f"[{self._stamps.local()}] "
         body = self._body
@@ -199,6 +206,9 @@ class ConsoleLog:
         self.sink.write("".join(out))
 
     def _json_batch(self, ev: MessagesReceived) -> None:
+        if self.sink.would_drop(len(ev.messages) * _LINE_ESTIMATE):
+            self.sink.drop(len(ev.messages))
+            return
         c = ev.client
         head = (f'{{"ts":"{self._stamps.iso()}","event":"message","client":{encode_basestring(c.name)},'
                 f'"addr":{encode_basestring(c.addr)},"size":')

@@ -26,11 +26,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["DEFAULT_MAX_BYTES", "LineSink"]
+__all__ = ["DEFAULT_MAX_BYTES", "HANDOVER_BYTES", "LineSink"]
 
-#: Bytes of log lines held for a reader that does not keep up: a few seconds of the fastest
-#: message log, and nothing a server would miss in memory.
-DEFAULT_MAX_BYTES = 4 << 20
+#: Bytes of log lines held for a reader that does not keep up: a tenth of a second of the
+#: fastest message log, a few seconds of a busy one, and nothing a server would miss in memory.
+DEFAULT_MAX_BYTES = 16 << 20
+#: The most text one loop iteration gathers before it is handed to the writer: a flood of
+#: messages must not build one huge string per iteration.
+HANDOVER_BYTES = 256 << 10
 
 
 class LineSink:
@@ -60,6 +63,7 @@ class LineSink:
         self._dropped_since = 0.0
         # Lines of the current loop iteration; a hand-over is scheduled when this is non-empty.
         self._lines: list[str] = []
+        self._gathered = 0  # characters in _lines
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         # Hand-over to the writer thread: bytes handed over and written, each counted by one
@@ -76,13 +80,34 @@ class LineSink:
         """Bytes handed to the writer and not written yet."""
         return self._handed - self._written
 
-    def write(self, line: str) -> None:
-        """Queue one line (with its newline).  Never blocks; may drop (see the module docstring)."""
+    def would_drop(self, size: int) -> bool:
+        """True when `size` more bytes would not fit now: the caller may skip making the text
+        and count the lines with `drop()` instead (a flood of messages costs nothing then)."""
+        return self._fd is not None and self.pending + self._gathered + size > self.max_bytes
+
+    def drop(self, lines: int) -> None:
+        """Count `lines` as dropped (reported once output flows again)."""
+        if not self._unreported:
+            self._dropped_since = time.monotonic()
+        self._unreported += lines
+        self.dropped += lines
+
+    def write(self, text: str) -> None:
+        """Queue `text` (one or more whole lines).  Never blocks; past the bound it is dropped
+        and its lines counted (see the module docstring)."""
         if self._fd is None:
-            self.stream.write(line)
+            self.stream.write(text)
             self.stream.flush()
             return
-        self._lines.append(line)
+        n = len(text)
+        if self.pending + self._gathered + n > self.max_bytes:
+            self.drop(text.count("\n") or 1)
+            return
+        self._lines.append(text)
+        self._gathered += n
+        if self._gathered >= HANDOVER_BYTES:
+            self._hand_over()  # a big iteration: do not build one huge string of it
+            return
         if not self._scheduled:
             self._scheduled = True
             loop = self._loop
@@ -105,18 +130,12 @@ class LineSink:
         if not lines:
             return
         self._lines = []
+        self._gathered = 0
         if self._unreported and self._notice is not None and self.pending == 0:
             # The reader has caught up with everything before the drop: say what was lost.
             lines.insert(0, self._notice(self._unreported, time.monotonic() - self._dropped_since))
             self._unreported = 0
-        data = "".join(lines).encode(self.encoding, "replace")
-        if self.pending + len(data) > self.max_bytes:
-            if not self._unreported:
-                self._dropped_since = time.monotonic()
-            self._unreported += len(lines)
-            self.dropped += len(lines)
-            return
-        self._push(data)
+        self._push("".join(lines).encode(self.encoding, "replace"))
 
     def _push(self, data: bytes) -> None:
         self._chunks.append(data)

@@ -35,7 +35,7 @@ __all__ = ["serve"]
 @click.option("--status-every", default=3.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between status tables (0 = off).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-buffer", default=4 << 20, show_default=True, type=click.IntRange(min=4096),
+@click.option("--log-buffer", default=16 << 20, show_default=True, type=click.IntRange(min=4096),
               help="Bytes of log lines held for a reader of the output that does not keep up; beyond, lines "
                    "are dropped, counted and reported (the server never waits for its output).")
 @click.option("--max-payload", default=1 << 20, show_default=True, type=click.IntRange(min=1),

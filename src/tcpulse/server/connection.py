@@ -17,6 +17,7 @@ import secrets
 import struct
 import termios
 import time
+from time import perf_counter
 from typing import Any
 
 from tcpulse.protocol.connection import Connection, Role
@@ -40,6 +41,10 @@ LINGER = 2.0
 #: The same for a connection refused before it was served: long enough for the ERR to go out.
 REFUSED_LINGER = 0.25
 
+#: Bytes handled between two looks at the loop iteration's read budget (Hub.READ_BUDGET): a
+#: 256 KiB read of 64-byte messages is about 3,500 frames, too much to do without looking up.
+READ_SLICE = 32 << 10
+
 _conn_ids = itertools.count(1)
 _BYE_TIMEOUT = Bye(reason="heartbeat-timeout")
 _ERR_429_DROP = Err(code=int(ErrorCode.TOO_MANY), text="too many frames per second, frame dropped")
@@ -52,12 +57,16 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_acked_sent",
         "_closed",
+        "_deferred",
         "_ending",
+        "_eof_pending",
         "_held",
         "_hub",
         "_linger",
         "_ping_ctx",
         "_ping_sent",
+        "_stash",
+        "_stashed",
         "addr",
         "bytes_in",
         "bytes_out",
@@ -118,6 +127,12 @@ class ServerConnection(asyncio.Protocol):
         #: Set when a BYE or a bad frame came behind messages not yet stored: how to end once
         #: their ACK is out (`finish()`).
         self._ending: tuple[DisconnectReason, str | None] | None = None
+        #: Bytes read in a loop iteration that had done its share already (Hub.spend): handled
+        #: at the start of a later one, before anything read after them.
+        self._stash: list[bytes] = []
+        self._stashed = 0
+        self._deferred = False
+        self._eof_pending = False
 
     # ---------------------------------------------------------------- Peer: read side
 
@@ -153,6 +168,77 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return  # lingering after ERR/BYE: discard
+        hub = self._hub
+        if self._stash or hub.over_budget():
+            # This loop iteration has done its share of work: keep the bytes for the next one
+            # and stop reading, so that timers (deadlines) run on time (Hub.spend).
+            self._defer(data)
+            return
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        # Handle `data` a slice at a time while the iteration's budget lasts; keep the rest.
+        hub = self._hub
+        pos, end = 0, len(data)
+        while True:
+            t0 = perf_counter()
+            self._process(data[pos:pos + READ_SLICE] if pos or end > READ_SLICE else data)
+            hub.spend(perf_counter() - t0)
+            pos += READ_SLICE
+            if pos >= end or self._closed:
+                break
+            if hub.over_budget():
+                self._defer(data[pos:])
+                return
+        self._check_held()
+
+    def _check_held(self) -> None:
+        # Global budget for partial frames (Guard.held): what the core holds of unfinished
+        # frames, and what was read but kept back for the next iteration.
+        limits = self.limits
+        if limits is not None and not self._closed:
+            held = self.conn.buffered + self._stashed
+            if limits.held != held:
+                self._hub.guard.held(self, held)
+
+    def _defer(self, data: bytes) -> None:
+        if data:
+            self._stash.append(data)
+            self._stashed += len(data)
+            self._check_held()
+        if not self._deferred and not self._closed:
+            self._deferred = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._hub.defer(self)
+
+    def run_deferred(self) -> None:
+        """Handle the bytes kept back by an earlier loop iteration, then read on."""
+        self._deferred = False
+        if self._closed:
+            self._stash.clear()
+            return
+        data = b"".join(self._stash)
+        self._stash.clear()
+        self._stashed = 0
+        self._consume(data)
+        if self._deferred:
+            return  # part of it is kept back again, for the next iteration
+        if self._eof_pending and not self._closed:
+            self._eof_pending = False
+            self.eof_received()
+        else:
+            self._read_if_free()
+
+    def _read_if_free(self) -> None:
+        # Reading resumes only when nothing holds it: a HELLO being answered, the store's
+        # backlog, an end waiting for the store, bytes kept back for the next iteration.
+        tr = self.transport
+        if (tr is not None and not self._closed and not self.conn.paused and not self._held
+                and self._ending is None and not self._deferred):
+            tr.resume_reading()
+
+    def _process(self, data: bytes) -> None:
         self.bytes_in += len(data)
         conn = self.conn
         events = conn.receive_data(data)
@@ -160,10 +246,6 @@ class ServerConnection(asyncio.Protocol):
             self._handle(events)
         if self._ending is not None:
             return  # a BYE came: the rest waits for the store (see _end_after_store)
-        limits = self.limits
-        if limits is not None and limits.held != conn.buffered:
-            # Global budget for partial frames (Guard.held).
-            self._hub.guard.held(self, conn.buffered)
         if conn.error is not None and self._end_after_store(DisconnectReason.ERROR, None):
             return  # the ERR goes out behind the ACK still owed for the frames before it
         self._flush()
@@ -174,6 +256,9 @@ class ServerConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
+        if self._deferred:
+            self._eof_pending = True  # after the bytes kept back (run_deferred)
+            return True
         self.conn.receive_eof()
         if self._ending is not None:
             return True  # the client is done sending; what we owe it still goes out, then we close
@@ -346,9 +431,10 @@ class ServerConnection(asyncio.Protocol):
     def resume(self) -> None:
         # Parse what arrived behind the HELLO, then read on.
         if self.transport is not None and not self._closed:
+            if self._deferred:
+                return  # run_deferred parses it, behind the bytes kept back
             self.data_received(b"")
-            if not self.conn.paused and not self._closed and not self._held and self._ending is None:
-                self.transport.resume_reading()
+            self._read_if_free()
 
     def hold_reading(self, hold: bool) -> None:
         self._held = hold
@@ -357,10 +443,12 @@ class ServerConnection(asyncio.Protocol):
             return
         if hold:
             tr.pause_reading()
-        elif not self.conn.paused and self._ending is None:
-            tr.resume_reading()
+        else:
+            self._read_if_free()
 
     def unread(self) -> int:
+        if self._stashed:
+            return self._stashed  # read, kept back for the next loop iteration: it spoke
         tr = self.transport
         sock = None if tr is None else tr.get_extra_info("socket")
         if sock is None:

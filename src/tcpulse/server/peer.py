@@ -79,6 +79,9 @@ class Peer(Record, Protocol):
     def ping(self) -> None:
         """PING the client to measure the round trip."""
 
+    def run_deferred(self) -> None:
+        """Handle the bytes kept back for this loop iteration (Hub.defer), then read on."""
+
     def finish(self) -> None:
         """After a BYE or a bad frame that waited for the store: write what is owed, then close."""
 
