@@ -137,48 +137,64 @@ def _status(pid: int, key: str) -> int:
     return 0
 
 
-async def sentinel(port: int, i: int, silent_at: float, seen: list[float]) -> None:
-    """Beat until `silent_at` (monotonic), then say nothing; record how late the BYE came."""
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        await r.readline()  # INFO
-        w.write(b'HELLO {"id":"sentinel-%d","heartbeat_interval":%s}\n' % (i, str(SENTINEL_INTERVAL).encode()))
-        ok = await r.readline()
-        timeout = json.loads(ok[3:])["heartbeat_timeout"]
-        last = time.monotonic()
+_SENTINELS = r"""
+import asyncio, json, sys, time
+port, n, start, stagger, interval, beat_every = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
+                                                 float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]))
 
-        async def beat() -> None:
-            nonlocal last
-            while time.monotonic() < silent_at:
-                w.write(b"HEARTBEAT\n")
-                last = time.monotonic()
-                await asyncio.sleep(SENTINEL_BEAT)
-        beating = asyncio.ensure_future(beat())
-        while True:
-            line = await asyncio.wait_for(r.readline(), 300)
-            if not line:
-                return
-            if line.startswith(b"BYE heartbeat-timeout"):
-                seen.append(time.monotonic() - (last + timeout))
-                beating.cancel()
-                return
-            if line.startswith(b"PING"):
-                w.write(b"PONG" + line[4:])
-    finally:
-        w.close()
+async def sentinel(i, silent_at, seen):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    await r.readline()  # INFO
+    w.write(b'HELLO {"id":"sentinel-%d","heartbeat_interval":%s}\n' % (i, str(interval).encode()))
+    ok = await r.readline()
+    timeout = json.loads(ok[3:])["heartbeat_timeout"]
+    last = time.monotonic()
+
+    async def beat():
+        nonlocal last
+        while time.monotonic() < silent_at:
+            w.write(b"HEARTBEAT\n")
+            last = time.monotonic()
+            await asyncio.sleep(beat_every)
+    beating = asyncio.ensure_future(beat())
+    while True:
+        line = await asyncio.wait_for(r.readline(), 600)
+        if not line:
+            break
+        if line.startswith(b"BYE heartbeat-timeout"):
+            seen.append(time.monotonic() - (last + timeout))
+            break
+        if line.startswith(b"PING"):
+            w.write(b"PONG" + line[4:])
+    beating.cancel()
+    w.close()
+
+async def main():
+    seen = []
+    t0 = time.monotonic() + start
+    await asyncio.gather(*(sentinel(i, t0 + i * stagger, seen) for i in range(n)), return_exceptions=True)
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+def start_sentinels(port: int, stagger: float) -> subprocess.Popen[bytes]:
+    """The sentinels, in a process of their own (this one is busy generating the load): they
+    beat, fall silent one after another, and print how late each BYE reached them."""
+    return subprocess.Popen([sys.executable, "-c", _SENTINELS, str(port), str(SENTINELS), "1.0", str(stagger),
+                             str(SENTINEL_INTERVAL), str(SENTINEL_BEAT)], stdout=subprocess.PIPE)
 
 
 async def one(variant: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
     db = os.path.join(tmp, f"flood-{variant}.db")
     srv = ServerRun(db, variant == "quiet", a.loop)
     try:
-        seen: list[float] = []
         # The sentinels fall silent one after another over the first seconds of the flood.
-        t0 = time.monotonic()
-        sents = [asyncio.ensure_future(sentinel(srv.port, i, t0 + 1.0 + i * a.stagger, seen))
-                 for i in range(SENTINELS)]
+        sents = start_sentinels(srv.port, a.stagger)
         res = await ingest("127.0.0.1", srv.port, a.clients, a.messages, a.size, seq=True, server_pid=srv.proc.pid)
-        await asyncio.wait_for(asyncio.gather(*sents, return_exceptions=True), 60)
+        out, _ = sents.communicate(timeout=120)
+        seen = json.loads(out)
         hwm = srv.hwm()
     finally:
         srv.stop()

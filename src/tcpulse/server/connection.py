@@ -60,6 +60,7 @@ class ServerConnection(asyncio.Protocol):
         "_deferred",
         "_ending",
         "_eof_pending",
+        "_heard_at",
         "_held",
         "_hub",
         "_linger",
@@ -133,6 +134,7 @@ class ServerConnection(asyncio.Protocol):
         self._stashed = 0
         self._deferred = False
         self._eof_pending = False
+        self._heard_at = 0.0
 
     # ---------------------------------------------------------------- Peer: read side
 
@@ -176,19 +178,19 @@ class ServerConnection(asyncio.Protocol):
             return
         self._consume(data)
 
-    def _consume(self, data: bytes) -> None:
+    def _consume(self, data: bytes, heard_at: float | None = None) -> None:
         # Handle `data` a slice at a time while the iteration's budget lasts; keep the rest.
         hub = self._hub
         pos, end = 0, len(data)
         while True:
             t0 = perf_counter()
-            self._process(data[pos:pos + READ_SLICE] if pos or end > READ_SLICE else data)
+            self._process(data[pos:pos + READ_SLICE] if pos or end > READ_SLICE else data, heard_at)
             hub.spend(perf_counter() - t0)
             pos += READ_SLICE
             if pos >= end or self._closed:
                 break
             if hub.over_budget():
-                self._defer(data[pos:])
+                self._defer(data[pos:], heard_at)
                 return
         self._check_held()
 
@@ -201,7 +203,9 @@ class ServerConnection(asyncio.Protocol):
             if limits.held != held:
                 self._hub.guard.held(self, held)
 
-    def _defer(self, data: bytes) -> None:
+    def _defer(self, data: bytes, heard_at: float | None = None) -> None:
+        # The client spoke when its bytes were read, not when they are handled.
+        self._heard_at = self._hub.now() if heard_at is None else heard_at
         if data:
             self._stash.append(data)
             self._stashed += len(data)
@@ -221,7 +225,7 @@ class ServerConnection(asyncio.Protocol):
         data = b"".join(self._stash)
         self._stash.clear()
         self._stashed = 0
-        self._consume(data)
+        self._consume(data, self._heard_at)
         if self._deferred:
             return  # part of it is kept back again, for the next iteration
         if self._eof_pending and not self._closed:
@@ -238,12 +242,12 @@ class ServerConnection(asyncio.Protocol):
                 and self._ending is None and not self._deferred):
             tr.resume_reading()
 
-    def _process(self, data: bytes) -> None:
+    def _process(self, data: bytes, heard_at: float | None = None) -> None:
         self.bytes_in += len(data)
         conn = self.conn
         events = conn.receive_data(data)
         if events:
-            self._handle(events)
+            self._handle(events, heard_at)
         if self._ending is not None:
             return  # a BYE came: the rest waits for the store (see _end_after_store)
         if conn.error is not None and self._end_after_store(DisconnectReason.ERROR, None):
@@ -291,12 +295,12 @@ class ServerConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- frames
 
-    def _handle(self, events: list[Any]) -> None:
+    def _handle(self, events: list[Any], heard_at: float | None = None) -> None:
         # `list[Any]`: the frames are told apart by `type(ev) is ...`, the cheapest test on the
         # hot path; an isinstance() per frame for the type checker would cost more.
         hub = self._hub
         now = hub.now()
-        if hub.tracker.touch(self, now):
+        if hub.tracker.touch(self, now if heard_at is None else heard_at):
             hub.emit(Recovered(self.view, 0.0))
         store = hub.store
         acks = False
