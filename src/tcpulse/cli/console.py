@@ -195,11 +195,11 @@ class ConsoleLog:
         t_msg = self._t_msg.replace("{client}", name)
         t_seq = self._t_msg_seq.replace("{client}", name)
         out = []
-        for m in ev.messages:
+        for i, m in enumerate(ev.messages):
             seq = m.seq
             if seq is None:
                 out.append(prefix + t_msg.format(text=body(m.payload)) + "\n")
-            elif dups and seq in dups:
+            elif dups and i in dups:
                 out.append(prefix + self._t_dup.format(seq=seq, client=name) + "\n")
             else:
                 out.append(prefix + t_seq.format(seq=seq, text=body(m.payload)) + "\n")
@@ -214,13 +214,13 @@ class ConsoleLog:
                 f'"addr":{encode_basestring(c.addr)},"size":')
         dups = ev.duplicates
         out = []
-        for m in ev.messages:
+        for i, m in enumerate(ev.messages):
             p = m.payload
             seq = m.seq
             line = head + str(len(p))
             if seq is not None:
                 line += f',"seq":{seq}'
-                if dups and seq in dups:
+                if dups and i in dups:
                     line += ',"duplicate":true'
             try:
                 line += ',"text":' + encode_basestring(p.decode("utf-8"))

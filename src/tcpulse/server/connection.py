@@ -333,9 +333,10 @@ class ServerConnection(asyncio.Protocol):
                     else:
                         # PROTOCOL.md, "Delivery": a duplicate is acknowledged again.
                         self._acked_sent = min(self._acked_sent, seq - 1)
-                        if dups is None:
-                            dups = set()
-                        dups.add(seq)
+                        if seen is not None:
+                            if dups is None:
+                                dups = set()
+                            dups.add(len(seen))  # its place in this read's batch
                     acks = True
                 elif keep_plain:
                     stash.append(ev)

@@ -18,6 +18,7 @@ __all__ = [
     "Connected",
     "DisconnectReason",
     "Disconnected",
+    "EventsDropped",
     "HandshakeFailed",
     "HeartbeatReceived",
     "HelloReceived",
@@ -72,8 +73,8 @@ class MessagesReceived:
     """The messages of one read from one client, in order: what a subscriber that asked for
     `batch_messages=True` gets instead of one `MessageReceived` each (the console log does: one
     event per read is what lets it print every message at full speed).  `duplicates` holds the
-    seqs that were duplicates (already stored; acknowledged again), usually none.  Do not keep or
-    change `messages`: it is the server's list."""
+    places in `messages` of the duplicates (already stored; acknowledged again), usually none.
+    Do not keep or change `messages`: it is the server's list."""
 
     client: ClientView
     messages: list[Msg]
@@ -141,6 +142,14 @@ class HandshakeFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsDropped:
+    """Only in `Server.events()`: `count` events before the next one were dropped, because the
+    consumer fell behind (`maxsize`)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -158,5 +167,5 @@ class Warning_:
 
 ServerEvent = Union[
     Listening, Connected, HelloReceived, MessageReceived, MessagesReceived, HeartbeatReceived, Suspect, Recovered,
-    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured, HandshakeFailed,
+    TimedOut, Disconnected, ProtocolErrorOccurred, Status, Warning_, RttMeasured, HandshakeFailed, EventsDropped,
 ]

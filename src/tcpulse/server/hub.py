@@ -83,6 +83,10 @@ class Hub:
         self._each_message: list[Callable[[ServerEvent], None]] = []
         self._message_batches: list[Callable[[ServerEvent], None]] = []
         self._heartbeats: list[Callable[[ServerEvent], None]] = []
+        #: Subscribers that get a numbered message only once it is stored, and the messages
+        #: waiting for that, by session (as many as the store's backlog: bounded by it).
+        self._after_store: list[Callable[[ServerEvent], None]] = []
+        self._unstored: dict[SessionKey, deque[tuple[ClientView, Msg]]] = {}
         #: Whether any subscriber wants messages / heartbeats (read on the hot path).
         self.wants_messages = False
         self.wants_heartbeats = False
@@ -123,11 +127,12 @@ class Hub:
         return time.monotonic()
 
     def subscribe(self, callback: Callable[[ServerEvent], None], *, messages: bool, batch_messages: bool,
-                  heartbeats: bool) -> Callable[[], None]:
+                  heartbeats: bool, after_store: bool = False) -> Callable[[], None]:
         """Add a subscriber (see `Server.subscribe`); returns the function that removes it."""
         lists = [self._subscribers]
         if messages:
-            lists.append(self._message_batches if batch_messages else self._each_message)
+            lists.append(self._message_batches if batch_messages else
+                         self._after_store if after_store else self._each_message)
         if heartbeats:
             lists.append(self._heartbeats)
         for li in lists:
@@ -142,7 +147,9 @@ class Hub:
         return unsubscribe
 
     def _wants(self) -> None:
-        self.wants_messages = bool(self._each_message or self._message_batches)
+        self.wants_messages = bool(self._each_message or self._message_batches or self._after_store)
+        if not self._after_store:
+            self._unstored.clear()
         self.wants_heartbeats = bool(self._heartbeats)
 
     def emit(self, ev: ServerEvent) -> None:
@@ -154,15 +161,47 @@ class Hub:
         self._deliver(self._heartbeats, HeartbeatReceived(view))
 
     def messages(self, view: ClientView, msgs: list[Msg], duplicates: frozenset[int]) -> None:
-        """The messages of one read (call only when `wants_messages`): one event for the batch
-        subscribers, one per message for the others."""
+        """The messages of one read (call only when `wants_messages`; `duplicates`: the places in
+        `msgs` of those already stored): one event for the batch subscribers, one per message
+        for the others, each once stored for those that wait for the store."""
         if self._message_batches:
             self._deliver(self._message_batches, MessagesReceived(view, msgs, duplicates))
         if self._each_message:
             each = self._each_message
-            for m in msgs:
-                seq = m.seq
-                self._deliver(each, MessageReceived(view, m.payload, seq, seq is not None and seq in duplicates))
+            for i, m in enumerate(msgs):
+                self._deliver(each, MessageReceived(view, m.payload, m.seq, i in duplicates))
+        if self._after_store:
+            self._messages_after_store(view, msgs, duplicates)
+
+    def _messages_after_store(self, view: ClientView, msgs: list[Msg], duplicates: frozenset[int]) -> None:
+        # Numbered messages wait for the commit that stores them (on_commit); a duplicate was
+        # handed over when it was first stored, and is not again; unnumbered ones go now (they
+        # are fire-and-forget: nothing to wait for, nothing acknowledged).
+        after = self._after_store
+        immediate = self.store.immediate
+        key = None if view.id is None or view.session is None else (view.id, view.session)
+        for i, m in enumerate(msgs):
+            seq = m.seq
+            if i in duplicates:
+                continue
+            if seq is None or immediate:
+                self._deliver(after, MessageReceived(view, m.payload, seq, False))
+            elif key is not None:
+                q = self._unstored.get(key)
+                if q is None:
+                    q = self._unstored[key] = deque()
+                q.append((view, m))
+
+    def _stored(self, highs: dict[SessionKey, int]) -> None:
+        # Hand the subscribers that wait for the store what it has committed now, in order.
+        after = self._after_store
+        for key, high in highs.items():
+            q = self._unstored.get(key)
+            while q and q[0][1].seq is not None and q[0][1].seq <= high:  # type: ignore[operator]
+                view, m = q.popleft()
+                self._deliver(after, MessageReceived(view, m.payload, m.seq, False))
+            if q is not None and not q:
+                del self._unstored[key]
 
     @staticmethod
     def _deliver(subscribers: list[Callable[[ServerEvent], None]], ev: ServerEvent) -> None:
@@ -316,6 +355,8 @@ class Hub:
     def on_commit(self, highs: dict[SessionKey, int]) -> None:
         """The store committed these sessions up to these seqs: send the ACKs owed, and read
         again from the senders paused for the store once its backlog is low."""
+        if self._unstored:
+            self._stored(highs)
         owner = self.registry.session_owner
         for key, seq in highs.items():
             c = owner(key)

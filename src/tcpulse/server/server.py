@@ -22,10 +22,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tcpulse.errors import N_, ConfigError, TcpulseError
 from tcpulse.protocol.events import Info, Msg
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.connection import ServerConnection
-from tcpulse.server.events import Listening, ServerEvent, Status
+from tcpulse.server.events import EventsDropped, Listening, ServerEvent, Status
 from tcpulse.server.guard import Guard
 from tcpulse.server.handshake import Handshake
 from tcpulse.server.hub import Hub
@@ -34,7 +35,7 @@ from tcpulse.store.base import Store
 from tcpulse.store.memory import MemoryStore
 from tcpulse.version import __version__
 
-__all__ = ["ACCEPT_BATCH", "Server", "default_server_id"]
+__all__ = ["ACCEPT_BATCH", "EventsOverflow", "Server", "default_server_id"]
 
 #: On asyncio's own loops the listen backlog is also how many connections one wake of the loop
 #: accepts at once, each holding a descriptor until its turn comes; under a flood that batch alone
@@ -54,6 +55,8 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._status_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        #: Where the server listens, once started: `port` is the one the system chose when the
+        #: config asked for port 0 (tests, embedding); `sockets` are the listening sockets.
         self.port = 0
         self.host = self.config.host
         self.sockets: list[socket.socket] = []
@@ -117,30 +120,63 @@ class Server:
     # ---------------------------------------------------------------- events
 
     def subscribe(self, callback: Callable[[ServerEvent], None], *, messages: bool = True,
-                  heartbeats: bool = False, batch_messages: bool = False) -> Callable[[], None]:
+                  heartbeats: bool = False, batch_messages: bool = False,
+                  after_store: bool = False) -> Callable[[], None]:
         """Call `callback(event)` in the event loop for every event; returns an unsubscribe.
 
         `messages` / `heartbeats`: whether this subscriber wants those (frequent) events:
         `MessageReceived` / `HeartbeatReceived`; when no subscriber does, the server does not
         build them at all.  With `batch_messages`, it gets one `MessagesReceived` per read
         (every message of that read, in order) instead of a `MessageReceived` each.
+
+        When messages are handed over: by default as they arrive, before the store has kept
+        them; a duplicate (a numbered message sent again after a reconnect) comes again, with
+        `duplicate=True`.  With `after_store=True`, a numbered message comes once the store has
+        committed it (with `--db none`, at once) and never again: a program that acts on every
+        event then acts on every stored message exactly once, and on nothing that is not stored
+        (unless the server is killed between the commit and the event: then the event is lost,
+        the message is not).  `(event.client.id, event.client.session, event.seq)` names a
+        numbered message uniquely.  Unnumbered messages are not kept waiting.
         """
         return self._hub.subscribe(callback, messages=messages, batch_messages=batch_messages,
-                                   heartbeats=heartbeats or self.config.verbose)
+                                   heartbeats=heartbeats or self.config.verbose, after_store=after_store)
 
-    async def events(self, maxsize: int = 10000) -> AsyncIterator[ServerEvent]:
-        """Iterate over server events.  If you fall more than `maxsize` behind, the oldest
-        events are dropped (a slow consumer must not grow the server's memory)."""
+    async def events(self, maxsize: int = 10000, *, overflow: str = "drop", messages: bool = True,
+                     heartbeats: bool = False, after_store: bool = False) -> AsyncIterator[ServerEvent]:
+        """Iterate over server events (what `subscribe()` gives, through a queue of `maxsize`).
+
+        A consumer that falls `maxsize` events behind must not grow the server's memory.
+        `overflow="drop"`: the oldest events are dropped, and the next event you get is an
+        `EventsDropped(count)` saying how many; `overflow="raise"`: the iteration raises
+        `EventsOverflow` instead, and ends.  `messages`, `heartbeats`, `after_store`: as for
+        `subscribe()`.
+        """
+        if overflow not in ("drop", "raise"):
+            raise ConfigError("bad-choice", N_("{field} must be drop or raise (got {value})"),
+                              names={"field": "overflow"}, value=overflow)
         q: asyncio.Queue[ServerEvent] = asyncio.Queue(maxsize)
+        dropped = 0
+        over = False
 
         def put(ev: ServerEvent) -> None:
+            nonlocal dropped, over
             if q.full():
+                if overflow == "raise":
+                    over = True
+                    return
                 q.get_nowait()
+                dropped += 1
             q.put_nowait(ev)
-        unsubscribe = self.subscribe(put)
+        unsubscribe = self.subscribe(put, messages=messages, heartbeats=heartbeats, after_store=after_store)
         try:
             while True:
-                yield await q.get()
+                if over:
+                    raise EventsOverflow(maxsize)
+                ev = await q.get()
+                if dropped:
+                    n, dropped = dropped, 0
+                    yield EventsDropped(n)
+                yield ev
         finally:
             unsubscribe()
 
@@ -254,6 +290,13 @@ class Server:
         while True:
             await asyncio.sleep(every)
             self._hub.emit(Status(self.status_rows()))
+
+
+class EventsOverflow(TcpulseError):
+    """`Server.events(overflow="raise")`: the consumer fell `maxsize` events behind."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__("overflow", N_("the event consumer fell {maxsize} events behind"), maxsize=maxsize)
 
 
 def _to_bytes(payload: bytes | str) -> bytes:
