@@ -31,6 +31,7 @@ __all__ = [
     "Store",
     "StoreOpenError",
     "StoreUnavailable",
+    "StoreWarning",
 ]
 
 SessionKey = tuple[str, str]
@@ -42,7 +43,15 @@ class StoreOpenError(TcpulseError):
     """The store cannot be opened; the message says why and what to do (shown as one line).
     `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "in-use"
     (another server has it), "unusable" (SQLite cannot open it), "foreign" (a database of
-    something else), "newer-schema", "no-wal", "unwritable"."""
+    something else), "newer-schema", "no-wal", "unwritable"; a file the server may not trust
+    (store/files.py): "symlink", "not-a-file", "not-owner" (another user's), "hard-linked",
+    "unsafe-mode" (writable by other users), "no-lock" (the lock file cannot be opened)."""
+
+
+class StoreWarning(TcpulseError):
+    """Something about the store an operator must know, which does not stop it (never raised:
+    found in `Store.warnings` after `open()`).  `kind`: "dir-writable" (other users can write the
+    database's directory), "readable" (other users can read the database)."""
 
 
 class StoreUnavailable(Exception):
@@ -91,6 +100,9 @@ class Store:
     def __init__(self) -> None:
         self._listener: CommitListener | None = None
         self._state_listener: StateListener | None = None
+        #: What `open()` found that an operator must know but that does not stop the store (a
+        #: database directory other users can write, ...): the server shows each as a warning.
+        self.warnings: list[StoreWarning] = []
 
     def set_commit_listener(self, listener: CommitListener) -> None:
         """`listener(highs)` is called in the loop after each commit, with the highest stored seq

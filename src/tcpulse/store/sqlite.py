@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpulse.errors import N_
+from tcpulse.store import files
 from tcpulse.store.base import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database", "open_reader"]
@@ -206,6 +207,8 @@ class SQLiteStore(Store):
         self._sid: dict[SessionKey, int] = {}
         self._conn_rows: dict[int, int] = {}
         self._lock_fd = -1
+        #: The database's real path (files.real_path), set when it is opened.
+        self._file = path
         self._ckpt_wake = threading.Event()
         self._ckpt_stop = False
         self._ckpt_thread: threading.Thread | None = None
@@ -336,7 +339,8 @@ class SQLiteStore(Store):
     # ---------------------------------------------------------------- the writer thread
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+        # The real path, checked by files.prepare_database() before the first connection.
+        con = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False,
                               timeout=self.busy_timeout)
         con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return con
@@ -380,13 +384,16 @@ class SQLiteStore(Store):
     def _lock(self) -> None:
         # One server per database: the writer's own record of each session's high is what keeps
         # a seq from being stored twice, so no second writer may exist (PROTOCOL.md, "Delivery").
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock is next to the database's real path, checked and never through a link
+        # (files.open_lock), so that two names of one file share one lock.
+        fd = files.open_lock(self._file)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
                                               "another --db"), path=self.path) from None
+        files.make_lock_private(fd)
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -401,7 +408,12 @@ class SQLiteStore(Store):
         if not os.path.isdir(parent):
             raise StoreOpenError("no-directory", N_("cannot create {path}: directory {parent} does not exist "
                                                     "(create it or choose another --db)"), path=path, parent=parent)
+        self._file = files.real_path(path)
+        warnings = files.check_directory(self._file)
+        files.check_database_files(self._file)  # before the lock: a refused name leaves no lock behind
         self._lock()
+        warnings += files.prepare_database(self._file)
+        self.warnings = warnings
         try:
             con = self._connect()
             app = con.execute("PRAGMA application_id").fetchone()[0]
