@@ -1,6 +1,7 @@
 """Authentication that fails must fail the same way whatever the attacker sends (issue 15, rows 2
 and 3): every failed `HELLO` is answered `ERR 401`, audited, and closed, however many failures
-came before it from the same address and whatever shape its token has.
+came before it from the same address and whatever shape its token has.  And a browser on the same
+host, made to POST to the client port, stores nothing (docs/security.md, "Threat model").
 
 Pure tier: `FailureDelay` with the clock handed in.  Socket tier: an in-process server with an auth
 file on 127.0.0.1, spoken to byte by byte (`RawClient`).
@@ -18,6 +19,7 @@ import pytest
 from tcpulse.policy.ratelimit import FailureDelay
 from tcpulse.security.tokens import AuthFile
 from tcpulse.server.events import Warning_
+from tcpulse.store.sqlite import SQLiteStore
 from tests.conftest import MS, RawClient
 
 # ------------------------------------------------------------------------------ pure
@@ -134,3 +136,18 @@ def test_verify_takes_any_token(tmp_path: Path) -> None:
         assert af.verify("nobody", odd) == "unknown id"
     assert af.verify("sensor-1", 7) == "wrong token"  # type: ignore[arg-type]
     assert af.verify("sensor-1", tok) is None
+
+
+async def test_a_browsers_request_to_the_client_port_stores_nothing(start_server: Any, tmp_path: Path) -> None:
+    # A web page can make a browser POST to a loopback port, with a body of protocol lines.  Its
+    # first line is no verb: ERR 400 and a close, before the body is parsed.
+    srv = await start_server(store=SQLiteStore(str(tmp_path / "b.db")))
+    body = b'HELLO {"id":"victim","session":"s"}\nMSG 5 1\nforgd\n'
+    rc = await RawClient.open(srv.port)
+    await rc.send(b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (srv.port, len(body)) + body)
+    lines = await rc.lines_until_eof()
+    rc.close()
+    assert lines[0].startswith(b"INFO ") and lines[1:] == [b"ERR 400 unknown verb"]
+    await srv.store.flush()
+    assert await srv.store.acked("victim", "s") == 0 and srv.client("victim") is None
