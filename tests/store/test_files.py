@@ -25,6 +25,7 @@ import tcpulse.i18n as i18n
 from tcpulse.protocol.events import Msg
 from tcpulse.store.base import StoreOpenError
 from tcpulse.store.sqlite import SQLiteStore
+from tests.conftest import tcpulse_cmd
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -156,6 +157,23 @@ async def test_a_database_planted_by_another_user_is_refused(tmp_path: Path) -> 
     e = await _refused(db, "not-owner")
     assert e.params["owner"] == NOBODY and e.params["uid"] == 0 and str(db) in str(e)
     assert "belongs to another user (uid 65534)" in str(e)
+
+
+@needs_root
+def test_serve_refuses_a_planted_database_with_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "tcpulse.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("CREATE TABLE t(x)")
+    os.chown(db, NOBODY, NOBODY)
+    r = subprocess.run(tcpulse_cmd("serve", "--port", "0", "--status-every", "0"), capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (f"tcpulse: error: {db} belongs to another user (uid {NOBODY}), not to the user "
+                                "this server runs as (uid 0): someone else may have put it there; remove it, or "
+                                "choose another --db")
+    r = subprocess.run(tcpulse_cmd("serve", "--lang", "zh", "--port", "0"), capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 1 and f"{db} 属于另一个用户 (uid {NOBODY})" in r.stderr, r.stderr
 
 
 @needs_root
