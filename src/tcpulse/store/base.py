@@ -1,4 +1,4 @@
-"""Where the server keeps what it was sent.  `MemoryStore` here; `SQLiteStore` in `sqlite_store`.
+"""Where the server keeps what it was sent: the interface.  `MemoryStore` in `memory`; `SQLiteStore` in `sqlite`.
 
 The server talks to a store only through this interface, and only from the event loop:
 
@@ -12,6 +12,10 @@ The server talks to a store only through this interface, and only from the event
 - When the store cannot write, it sets `failing` and calls the state listener (in the loop) with
   `(True, why)`; when it can again, with `(False, why)`.  Meanwhile the server acknowledges
   nothing and closes numbered senders with `ERR 503` (PROTOCOL.md, "Errors").
+- After `open()`, `warnings` holds what an operator must know that does not stop the store (its
+  database directory can be written by other users, ...): the server shows each one.
+- `acked()` may answer from memory, which a store bounds (`max_sessions`): a session it has
+  forgotten is read back from its file, or, with no file (`MemoryStore`), is 0 as after a restart.
 """
 
 from __future__ import annotations
