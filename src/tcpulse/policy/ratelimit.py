@@ -92,10 +92,6 @@ class FrameRate:
         return RateVerdict(allowed, True, self.strikes > self.max_strikes)
 
 
-#: Doublings of `FailureDelay.base` at most: 2.0 ** 1000 is a float (2.0 ** 1024 is not).
-_MAX_DOUBLINGS = 1000
-
-
 class FailureDelay:
     """Slows down repeated authentication failures from one address (pure: `now` is passed in).
 
@@ -104,6 +100,9 @@ class FailureDelay:
     `max_addrs` addresses are remembered (the oldest are dropped), so a scan from many
     addresses cannot grow the table without bound.
     """
+
+    #: Doublings of `base` at most: 2.0 ** 1000 is a float (2.0 ** 1024 is not).
+    MAX_DOUBLINGS = 1000
 
     def __init__(self, *, base: float = 0.1, cap: float = 2.0, forget: float = 60.0,
                  max_addrs: int = 10000) -> None:
@@ -128,7 +127,7 @@ class FailureDelay:
         # bound, and from n = 1026 on it no longer fits a float (OverflowError).  A thousand
         # doublings pass any cap from any sane base; a float product past the largest float is
         # inf, never an error, and min() then gives the cap.
-        return min(self.cap, self.base * 2.0 ** min(n - 2, _MAX_DOUBLINGS))
+        return min(self.cap, self.base * 2.0 ** min(n - 2, self.MAX_DOUBLINGS))
 
     def count(self, addr: str) -> int:
         return self._fails.get(addr, (0, 0.0))[0]
