@@ -54,6 +54,12 @@ __all__ = ["serve"]
 @click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH|none",
               help="SQLite file that keeps connections, timeouts and messages (created if missing); "
                    "'none' keeps nothing, and ACK then means handled, not stored.")
+@click.option("--retain", default="7d", show_default=True, metavar="DURATION",
+              help="Delete messages, connections and sessions older than this (30s, 10m, 2h, 7d, 1w); "
+                   "'none' keeps everything.")
+@click.option("--max-db-size", default="4G", show_default=True, metavar="SIZE",
+              help="Largest size of the --db file (500M, 4G: powers of 1024); at the limit numbered messages get "
+                   "ERR 503 until --retain frees space; 'none' for no limit.")
 # -- admin (HTTP API, metrics, dashboard) --
 @click.option("--admin", default=None, metavar="HOST:PORT",
               help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
@@ -137,7 +143,12 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
     from tcpulse.cli.token import serve_security_setup, serve_security_start
     serve_security_setup(server)  # TLS certificates, auth file, open-file limit
     from tcpulse.store.factory import open_store
-    server.use_store(open_store(extra.get("db"), server_id=server.server_id))  # --db none: MemoryStore
+    try:
+        store = open_store(extra.get("db"), server_id=server.server_id, retain=extra.get("retain"),
+                           max_db_size=extra.get("max_db_size"))
+    except ValueError as e:  # a --retain or --max-db-size that cannot work
+        fail(error_text(e), 2)
+    server.use_store(store)  # --db none: MemoryStore
     admin = None
     if extra.get("admin"):
         from tcpulse.admin.auth import admin_authorize, admin_bind_error

@@ -103,6 +103,9 @@ class FailureDelay:
     addresses cannot grow the table without bound.
     """
 
+    #: Doublings of `base` at most: 2.0 ** 1000 is a float (2.0 ** 1024 is not).
+    MAX_DOUBLINGS = 1000
+
     def __init__(self, *, base: float = 0.1, cap: float = 2.0, forget: float = 60.0,
                  max_addrs: int = 10000) -> None:
         self.base = base
@@ -120,7 +123,13 @@ class FailureDelay:
         self._fails[addr] = (n, now)
         while len(self._fails) > self.max_addrs:
             self._fails.popitem(last=False)
-        return 0.0 if n == 1 else min(self.cap, self.base * 2 ** (n - 2))
+        if n == 1:
+            return 0.0
+        # The doubling is capped before it is computed: 2 ** (n - 2) as an int grows without
+        # bound, and from n = 1026 on it no longer fits a float (OverflowError).  A thousand
+        # doublings pass any cap from any sane base; a float product past the largest float is
+        # inf, never an error, and min() then gives the cap.
+        return min(self.cap, self.base * 2.0 ** min(n - 2, self.MAX_DOUBLINGS))
 
     def count(self, addr: str) -> int:
         return self._fails.get(addr, (0, 0.0))[0]

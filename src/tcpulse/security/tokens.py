@@ -49,6 +49,17 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _digest(token: object) -> bytes | None:
+    """The SHA-256 of `token` as UTF-8; None when it has none (not text, or text UTF-8 cannot
+    encode: a lone surrogate).  Every token `new_token()` makes is ASCII, so None is never a match."""
+    if not isinstance(token, str):
+        return None
+    try:
+        return hashlib.sha256(token.encode("utf-8")).digest()
+    except UnicodeEncodeError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     id: str
@@ -108,15 +119,17 @@ class AuthFile:
 
     def verify(self, client_id: str, token: str | None) -> str | None:
         """None when `token` belongs to `client_id`; else why not, for the audit log (never the
-        token itself): "no token", "unknown id", "wrong token"."""
+        token itself): "no token", "unknown id", "wrong token".  Never raises: a token of any
+        shape (a lone surrogate, which JSON may carry and UTF-8 cannot, a number, ...) is a
+        wrong token."""
         want = self._digests.get(client_id)
-        got = hashlib.sha256((token or "").encode("utf-8")).digest()
-        same = hmac.compare_digest(got, want if want is not None else _DUMMY)
+        got = _digest(token)
+        same = hmac.compare_digest(got if got is not None else _DUMMY, want if want is not None else _DUMMY)
         if token is None:
             return "no token"
         if want is None:
             return "unknown id"
-        return None if same else "wrong token"
+        return None if same and got is not None else "wrong token"
 
     # ---------------------------------------------------------------- writing (tcpulse token ...)
 

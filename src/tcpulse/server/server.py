@@ -26,7 +26,7 @@ from tcpulse.errors import N_, ConfigError, TcpulseError
 from tcpulse.protocol.events import Info, Msg
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.connection import ServerConnection
-from tcpulse.server.events import EventsDropped, Listening, ServerEvent, Status
+from tcpulse.server.events import EventsDropped, Listening, ServerEvent, Status, Warning_
 from tcpulse.server.guard import Guard
 from tcpulse.server.handshake import Handshake
 from tcpulse.server.hub import Hub
@@ -243,6 +243,8 @@ class Server:
         self.host, self.port = sockname[0], sockname[1]
         self.started_at = time.time()
         hub.emit(Listening(cfg.host, self.port, cfg.heartbeat_interval, cfg.heartbeat_timeout, hub.store.durable))
+        for w in hub.store.warnings:  # the store's files: a directory others can write to, ...
+            hub.emit(Warning_(str(w), {"store_warning": w.kind}, error=w))
         if cfg.status_every > 0:
             self._status_task = asyncio.create_task(self._status_loop(cfg.status_every))
 

@@ -1,4 +1,4 @@
-"""Where the server keeps what it was sent.  `MemoryStore` here; `SQLiteStore` in `sqlite_store`.
+"""Where the server keeps what it was sent: the interface.  `MemoryStore` in `memory`; `SQLiteStore` in `sqlite`.
 
 The server talks to a store only through this interface, and only from the event loop:
 
@@ -12,6 +12,10 @@ The server talks to a store only through this interface, and only from the event
 - When the store cannot write, it sets `failing` and calls the state listener (in the loop) with
   `(True, why)`; when it can again, with `(False, why)`.  Meanwhile the server acknowledges
   nothing and closes numbered senders with `ERR 503` (PROTOCOL.md, "Errors").
+- After `open()`, `warnings` holds what an operator must know that does not stop the store (its
+  database directory can be written by other users, ...): the server shows each one.
+- `acked()` may answer from memory, which a store bounds (`max_sessions`): a session it has
+  forgotten is read back from its file, or, with no file (`MemoryStore`), is 0 as after a restart.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "Store",
     "StoreOpenError",
     "StoreUnavailable",
+    "StoreWarning",
 ]
 
 SessionKey = tuple[str, str]
@@ -42,7 +47,15 @@ class StoreOpenError(TcpulseError):
     """The store cannot be opened; the message says why and what to do (shown as one line).
     `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "in-use"
     (another server has it), "unusable" (SQLite cannot open it), "foreign" (a database of
-    something else), "newer-schema", "no-wal", "unwritable"."""
+    something else), "newer-schema", "no-wal", "unwritable"; a file the server may not trust
+    (store/files.py): "symlink", "not-a-file", "not-owner" (another user's), "hard-linked",
+    "unsafe-mode" (writable by other users), "no-lock" (the lock file cannot be opened)."""
+
+
+class StoreWarning(TcpulseError):
+    """Something about the store an operator must know, which does not stop it (never raised:
+    found in `Store.warnings` after `open()`).  `kind`: "dir-writable" (other users can write the
+    database's directory), "readable" (other users can read the database)."""
 
 
 class StoreUnavailable(Exception):
@@ -91,6 +104,9 @@ class Store:
     def __init__(self) -> None:
         self._listener: CommitListener | None = None
         self._state_listener: StateListener | None = None
+        #: What `open()` found that an operator must know but that does not stop the store (a
+        #: database directory other users can write, ...): the server shows each as a warning.
+        self.warnings: list[StoreWarning] = []
 
     def set_commit_listener(self, listener: CommitListener) -> None:
         """`listener(highs)` is called in the loop after each commit, with the highest stored seq

@@ -14,7 +14,7 @@ keeps the batch, reports `failing`, and tries the same batch again every `retry_
 until it commits; then it reports recovery.  Nothing is acknowledged that is not committed.
 
 Reads that the server needs (`acked()`) run on a second connection in a thread of their own; WAL
-lets them proceed while the writer writes.  The schema is in `docs/store.md`.
+lets them proceed while the writer writes.  The schema is in `docs/store.md` (and `schema`).
 """
 
 from __future__ import annotations
@@ -28,76 +28,32 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tcpulse.errors import N_
+from tcpulse.errors import N_, ConfigError
+from tcpulse.store import files
 from tcpulse.store.base import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
+from tcpulse.store.retention import PRUNE_EVERY, Pruner, parse_duration, parse_size
+from tcpulse.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, statements
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database", "open_reader"]
 
-#: `PRAGMA application_id` of a tcpulse database ("tcpu"), so that a foreign file is recognised.
-APPLICATION_ID = 0x74637075
-
-#: Migrations, in order: MIGRATIONS[i] takes a database from `user_version` i to i + 1.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE runs (
-        id          INTEGER PRIMARY KEY,
-        server_id   TEXT NOT NULL,
-        pid         INTEGER NOT NULL,
-        started_at  REAL NOT NULL,
-        ended_at    REAL                      -- NULL: still running, or the process was killed
-    );
-    CREATE TABLE connections (
-        id           INTEGER PRIMARY KEY,
-        run_id       INTEGER NOT NULL REFERENCES runs(id),
-        client_id    TEXT,                    -- the HELLO id; NULL for a client without HELLO
-        addr         TEXT NOT NULL,
-        connected_at REAL NOT NULL,
-        ended_at     REAL,
-        end_reason   TEXT,                    -- bye, eof, reset, timeout, replaced, error, ...
-        detail       TEXT,
-        heartbeats   INTEGER NOT NULL DEFAULT 0,
-        messages     INTEGER NOT NULL DEFAULT 0,
-        rtt          REAL
-    );
-    CREATE INDEX connections_client ON connections(client_id, connected_at);
-    CREATE INDEX connections_at ON connections(connected_at);
-    CREATE TABLE timeouts (
-        id            INTEGER PRIMARY KEY,
-        connection_id INTEGER REFERENCES connections(id),
-        client_id     TEXT,
-        at            REAL NOT NULL,
-        silent_for    REAL NOT NULL,
-        late_by       REAL NOT NULL,
-        phi           REAL
-    );
-    CREATE INDEX timeouts_connection ON timeouts(connection_id);
-    CREATE TABLE sessions (
-        id        INTEGER PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        session   TEXT NOT NULL,              -- '' for messages sent without a session
-        high      INTEGER NOT NULL DEFAULT 0, -- highest stored seq: the OK's acked
-        UNIQUE (client_id, session)
-    );
-    CREATE TABLE messages (
-        id            INTEGER PRIMARY KEY,
-        session_id    INTEGER NOT NULL REFERENCES sessions(id),
-        seq           INTEGER,                -- NULL: an unnumbered (fire-and-forget) message
-        connection_id INTEGER REFERENCES connections(id),
-        received_at   REAL NOT NULL,
-        payload       BLOB NOT NULL
-    );
-    -- No index on (session_id, seq): the one writer stores a seq only above the session's high,
-    -- and an index would cost as much as the insert itself.
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 #: Most operations in one transaction: bounds the time a commit holds the write lock.
 MAX_BATCH = 50_000
+
+#: Sessions whose row id and high the writer keeps in memory; beyond, the least recently used are
+#: forgotten (the database keeps them, and they are read back when used again).  About 400 bytes
+#: each: 50,000 hold far more than the clients one server serves at once, in some 20 MB.
+MAX_SESSIONS = 50_000
+
+#: History records (connections, timeouts) held while the store is failing; beyond, they are
+#: dropped and counted (`dropped_records`), so that a store failing for long (full, at its size
+#: limit) does not grow the server's memory with every connection attempt.  Messages are not:
+#: numbered senders are refused with `ERR 503` meanwhile (base.py).
+MAX_FAILING_RECORDS = 100_000
 
 _STOP = object()
 
@@ -172,15 +128,30 @@ class SQLiteStore(Store):
 
     `busy_timeout`: how long a write waits for a lock held by another process before the store
     counts as failing.  `retry_every`: how often a failing store tries again.  `max_page_count`:
-    a cap on the file's size in pages (tests use it to simulate a full disk)."""
+    a cap on the file's size in pages (tests use it to simulate a full disk).
+
+    Retention (store/retention.py; the library keeps everything unless told): `retain`, seconds
+    (or "7d") after which rows are deleted, checked every `prune_every` seconds; `max_size`,
+    bytes (or "4G") the file may not grow beyond: at the limit the store fails as on a full disk
+    (numbered senders get `ERR 503`) until retention frees space.  `max_sessions`: sessions kept
+    in memory (MAX_SESSIONS).  Raises ConfigError for a value that cannot work."""
 
     durable = True
     immediate = False
 
     def __init__(self, path: str, *, busy_timeout: float = 1.0, retry_every: float = 0.25,
-                 max_page_count: int | None = None, server_id: str = "") -> None:
+                 max_page_count: int | None = None, server_id: str = "", retain: float | str | None = None,
+                 max_size: int | str | None = None, max_sessions: int = MAX_SESSIONS,
+                 prune_every: float = PRUNE_EVERY) -> None:
         super().__init__()
         self.path = path
+        self.retain = parse_duration(retain, setting="retain")
+        self.max_size = parse_size(max_size, setting="max_size")
+        if max_sessions < 1:
+            raise ConfigError("too-small", N_("{field} must be at least 1 (got {value})"),
+                              names={"field": "max_sessions"}, value=max_sessions)
+        self.max_sessions = max_sessions
+        self._pruner = None if self.retain is None else Pruner(self.retain, every=prune_every)
         self.busy_timeout = busy_timeout
         self.retry_every = retry_every
         self.max_page_count = max_page_count
@@ -189,6 +160,11 @@ class SQLiteStore(Store):
         self.failure: str | None = None
         #: Unnumbered messages dropped while failing (fire-and-forget: nobody will send them again).
         self.dropped = 0
+        #: History records dropped while failing, beyond MAX_FAILING_RECORDS.
+        self.dropped_records = 0
+        self._failing_records = 0
+        #: Sessions forgotten from memory (MAX_SESSIONS), not from the database.
+        self.evicted = 0
         #: Figures for the curious (bench, admin): transactions committed and rows in them.
         self.commits = 0
         self.committed_messages = 0
@@ -201,11 +177,15 @@ class SQLiteStore(Store):
         self._reader_local = threading.local()
         self._flushes: set[asyncio.Future[None]] = set()
         self._run_id = 0
-        # Owned by the writer thread; the loop only reads `_high` (a dict get is atomic).
+        # Owned by the writer thread; the loop only reads `_high` (a dict get is atomic).  Both
+        # hold only what is committed, have the same keys, and are bounded by `max_sessions`
+        # (least recently used first out, in `_sid`'s order): see `_forget()`.
         self._high: dict[SessionKey, int] = {}
-        self._sid: dict[SessionKey, int] = {}
+        self._sid: OrderedDict[SessionKey, int] = OrderedDict()
         self._conn_rows: dict[int, int] = {}
         self._lock_fd = -1
+        #: The database's real path (files.real_path), set when it is opened.
+        self._file = path
         self._ckpt_wake = threading.Event()
         self._ckpt_stop = False
         self._ckpt_thread: threading.Thread | None = None
@@ -284,12 +264,26 @@ class SQLiteStore(Store):
         await fut
 
     def record_connection(self, rec: ConnectionRecord) -> None:
+        if self.failing and self._shed_record():
+            return
         self._push(("c", rec.conn_id, rec.client_id, rec.addr, rec.connected_at, rec.ended_at,
                     rec.end_reason, rec.heartbeats, rec.messages, rec.rtt, rec.detail))
 
     def record_timeout(self, conn_id: int, client_id: str | None, at: float, silent_for: float,
                        late_by: float, phi: float | None = None) -> None:
+        if self.failing and self._shed_record():
+            return
         self._push(("t", conn_id, client_id, at, silent_for, late_by, phi))
+
+    def _shed_record(self) -> bool:
+        # While failing, the writer holds everything that comes: past MAX_FAILING_RECORDS, history
+        # is dropped (and counted) instead of growing without bound.  A dropped connection start
+        # is made up by its end; what was acknowledged is never touched.
+        self._failing_records += 1
+        if self._failing_records <= MAX_FAILING_RECORDS:
+            return False
+        self.dropped_records += 1
+        return True
 
     # ---------------------------------------------------------------- loop -> writer
 
@@ -326,6 +320,8 @@ class SQLiteStore(Store):
     def _state_changed(self, failing: bool, text: str) -> None:
         self.failing = failing
         self.failure = text if failing else None
+        if not failing:
+            self._failing_records = 0
         if failing:
             for fut in list(self._flushes):
                 if not fut.done():
@@ -336,7 +332,8 @@ class SQLiteStore(Store):
     # ---------------------------------------------------------------- the writer thread
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+        # The real path, checked by files.prepare_database() before the first connection.
+        con = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False,
                               timeout=self.busy_timeout)
         con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return con
@@ -380,13 +377,16 @@ class SQLiteStore(Store):
     def _lock(self) -> None:
         # One server per database: the writer's own record of each session's high is what keeps
         # a seq from being stored twice, so no second writer may exist (PROTOCOL.md, "Delivery").
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock is next to the database's real path, checked and never through a link
+        # (files.open_lock), so that two names of one file share one lock.
+        fd = files.open_lock(self._file)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
                                               "another --db"), path=self.path) from None
+        files.make_lock_private(fd)
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -401,7 +401,12 @@ class SQLiteStore(Store):
         if not os.path.isdir(parent):
             raise StoreOpenError("no-directory", N_("cannot create {path}: directory {parent} does not exist "
                                                     "(create it or choose another --db)"), path=path, parent=parent)
+        self._file = files.real_path(path)
+        warnings = files.check_directory(self._file)
+        files.check_database_files(self._file)  # before the lock: a refused name leaves no lock behind
         self._lock()
+        warnings += files.prepare_database(self._file)
+        self.warnings = warnings
         try:
             con = self._connect()
             app = con.execute("PRAGMA application_id").fetchone()[0]
@@ -433,11 +438,13 @@ class SQLiteStore(Store):
             # the writer goes on while they copy.  They cost ~15 % of ingest when inline.
             con.execute("PRAGMA wal_autocheckpoint = 0")
             con.execute("PRAGMA journal_size_limit = 67108864")
-            if self.max_page_count is not None:
-                con.execute(f"PRAGMA max_page_count = {int(self.max_page_count)}")
+            limit = self._page_limit(con)
+            if limit is not None:
+                # A file already bigger keeps its size (SQLite never sets the cap below it).
+                con.execute(f"PRAGMA max_page_count = {limit}")
             for v in range(ver, SCHEMA_VERSION):
                 con.execute("BEGIN IMMEDIATE")
-                for stmt in _statements(MIGRATIONS[v]):
+                for stmt in statements(MIGRATIONS[v]):
                     con.execute(stmt)
                 con.execute(f"PRAGMA user_version = {v + 1}")
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -460,6 +467,60 @@ class SQLiteStore(Store):
                                  path=path, error=e) from e
         return con
 
+    def _page_limit(self, con: sqlite3.Connection) -> int | None:
+        """The cap on the file's pages: `max_page_count`, `max_size` in pages, the lower of both."""
+        caps = []
+        if self.max_page_count is not None:
+            caps.append(int(self.max_page_count))
+        if self.max_size is not None:
+            page = int(con.execute("PRAGMA page_size").fetchone()[0])
+            caps.append(max(1, self.max_size // page))
+        return min(caps) if caps else None
+
+    def _failure_text(self, con: sqlite3.Connection, e: BaseException) -> str:
+        """Why a transaction failed, for the log: at the size limit, say so (SQLite only says full)."""
+        if self.max_size is not None and isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+            with contextlib.suppress(sqlite3.Error, OSError):
+                # The failed transaction was rolled back, so the file may be below its cap now:
+                # it is the cap that stopped it if the disk has room for more than the cap allows.
+                page = int(con.execute("PRAGMA page_size").fetchone()[0])
+                room = int(con.execute("PRAGMA max_page_count").fetchone()[0]) - int(
+                    con.execute("PRAGMA page_count").fetchone()[0])
+                disk = os.statvfs(os.path.dirname(self._file))
+                if disk.f_bavail * disk.f_frsize > room * page:
+                    keep = "until retention frees space" if self.retain is not None else "until space is freed"
+                    return (f"cannot write {self.path}: it has reached its size limit of {self.max_size} bytes "
+                            f"(max_size, serve --max-db-size); not acknowledging {keep} (numbered senders are "
+                            "told ERR 503)")
+        return (f"cannot write {self.path}: {e}; not acknowledging until it can (numbered senders are told "
+                "ERR 503)")
+
+    def _take(self) -> list[Any]:
+        """The next list of operations; with retention on, [] when a pruning step is due first."""
+        pruner = self._pruner
+        if pruner is None:
+            return self._q.get()
+        wait = pruner.wait(time.monotonic())
+        try:
+            return self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+        except queue.Empty:
+            return []
+
+    def _prune(self, con: sqlite3.Connection) -> None:
+        """One pruning step if one is due (writer thread, between transactions).  A failure is
+        left for the next step: pruning never fails the store."""
+        pruner = self._pruner
+        if pruner is None or pruner.wait(time.monotonic()) > 0:
+            return
+        try:
+            gone = pruner.step(con, time.monotonic(), time.time(), self._run_id)
+        except sqlite3.Error:
+            pruner.failed(time.monotonic(), max(self.retry_every, 0.01))
+            return
+        for key in gone:  # deleted from the database: read back (as new) if used again
+            self._sid.pop(key, None)
+            self._high.pop(key, None)
+
     def _writer_loop(self, con: sqlite3.Connection) -> None:
         held: list[Any] = []
         stopping = False
@@ -470,7 +531,10 @@ class SQLiteStore(Store):
                 ops = held
                 self._drain(ops, None)
             else:
-                ops = self._q.get()
+                ops = self._take()
+                if not ops:
+                    self._prune(con)
+                    continue
                 # Group commit: everything waiting (up to a bound) goes into this transaction.
                 self._drain(ops, MAX_BATCH)
             if ops and ops[-1] is _STOP:  # close() queues it last, after everything else
@@ -486,13 +550,13 @@ class SQLiteStore(Store):
                 if not self.failing:
                     failed_since = time.monotonic()
                     self.failing = True  # seen at once by add_message(); the loop learns why next
-                    self._report(self._state_changed, True, f"cannot write {self.path}: {e}; "
-                                 "not acknowledging until it can (numbered senders are told ERR 503)")
+                    self._report(self._state_changed, True, self._failure_text(con, e))
                 if stopping:
                     if time.monotonic() - failed_since > 2.0:
                         return  # shutting down: what is held was never acknowledged; clients resend it
                     ops.append(_STOP)
                 held = ops
+                self._prune(con)  # at the size limit, what retention frees is what lets it recover
                 time.sleep(self.retry_every)
                 continue
             held = []
@@ -503,6 +567,7 @@ class SQLiteStore(Store):
                              "acknowledging again")
             if stopping:
                 return
+            self._prune(con)
 
     def _drain(self, ops: list[Any], limit: int | None) -> None:
         while (limit is None or len(ops) < limit) and not (ops and ops[-1] is _STOP):
@@ -579,12 +644,17 @@ class SQLiteStore(Store):
         if msgs:
             _insert_messages(con, msgs)
         if new_high:
-            con.executemany("UPDATE sessions SET high = ? WHERE id = ? AND high < ?",
-                            [(h, new_sid.get(k) or sid[k], h) for k, h in new_high.items()])
+            # Every session used (its key is in new_high): its high, and when it was last used
+            # (retention forgets sessions idle for longer than `retain`).
+            wall = time.time()
+            con.executemany("UPDATE sessions SET high = max(high, ?), last_at = ? WHERE id = ?",
+                            [(h, wall, new_sid.get(k) or sid[k]) for k, h in new_high.items()])
         con.execute("COMMIT")
         # Committed: only now may anything be acknowledged (PROTOCOL.md, "Delivery").
         sid.update(new_sid)
         high.update(new_high)
+        for k in new_high:
+            sid.move_to_end(k)  # most recently used last: the first to be forgotten are the idlest
         rows.update(new_rows)
         for c in ended:
             rows.pop(c, None)
@@ -597,14 +667,28 @@ class SQLiteStore(Store):
         # Every session with a numbered message in this batch gets its high, duplicates included:
         # a duplicate is acknowledged again by an ACK of the highest stored seq.
         highs = {k: high.get(k, 0) for k in touched}
+        self._forget()  # after `highs`: what was just committed is reported whatever is forgotten
         if highs or flushes or done:
             self._report(self._committed, highs, flushes, done)
+
+    def _forget(self) -> None:
+        """Keep at most `max_sessions` sessions in memory: the least recently used go first.  Safe
+        at any moment between transactions, in-flight messages or not: the caches hold only what
+        is committed, and a session used again is read back from `sessions`, which is the truth
+        (the writer, the only one that stores, reads it in the same transaction that writes)."""
+        sid, high = self._sid, self._high
+        over = len(sid) - self.max_sessions
+        while over > 0:
+            key, _ = sid.popitem(last=False)
+            high.pop(key, None)
+            self.evicted += 1
+            over -= 1
 
     def _session_row(self, con: sqlite3.Connection, key: SessionKey) -> tuple[int, int]:
         row = con.execute("SELECT id, high FROM sessions WHERE client_id = ? AND session = ?", key).fetchone()
         if row is not None:
             return int(row[0]), int(row[1])
-        cur = con.execute("INSERT INTO sessions(client_id, session) VALUES (?, ?)", key)
+        cur = con.execute("INSERT INTO sessions(client_id, session, last_at) VALUES (?, ?, ?)", (*key, time.time()))
         return int(cur.lastrowid or 0), 0
 
     def _write_connection(self, con: sqlite3.Connection, op: tuple[Any, ...], rows: dict[int, int],
@@ -646,14 +730,3 @@ class SQLiteStore(Store):
         if con is not None:
             con.close()
 
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements (executescript() would commit the open transaction)."""
-    out: list[str] = []
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        buf += line.split("--", 1)[0].rstrip() + "\n" if "--" in line else line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    return [s for s in out if s]
