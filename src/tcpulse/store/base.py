@@ -40,7 +40,8 @@ StateListener = Callable[[bool, str], None]
 
 class StoreOpenError(TcpulseError):
     """The store cannot be opened; the message says why and what to do (shown as one line).
-    `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "in-use"
+    `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "is-directory",
+    "cannot-create" (the lock file beside it cannot be made: /proc, /sys, read-only), "in-use"
     (another server has it), "unusable" (SQLite cannot open it), "foreign" (a database of
     something else), "newer-schema", "no-wal", "unwritable"."""
 

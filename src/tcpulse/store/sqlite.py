@@ -380,17 +380,36 @@ class SQLiteStore(Store):
     def _lock(self) -> None:
         # One server per database: the writer's own record of each session's high is what keeps
         # a seq from being stored twice, so no second writer may exist (PROTOCOL.md, "Delivery").
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # The lock file lives only while it is held (_unlock removes it): a lock taken on a file
+        # that its holder removed meanwhile is taken again on the new one.
+        lock_path = self.path + ".lock"
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # /proc, /sys, a read-only or missing place: the database's fault
+                raise StoreOpenError("cannot-create", N_("cannot create the database {path}: {error} (choose "
+                                                         "another --db, or --db none to keep nothing)"),
+                                     path=self.path, error=e.strerror or str(e)) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
+                                                  "another --db"), path=self.path) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except OSError:
+                same = False
+            if same:
+                self._lock_fd = fd
+                return
             os.close(fd)
-            raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
-                                              "another --db"), path=self.path) from None
-        self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd >= 0:
+            # Removed while still held, so that no other server can hold the removed file.
+            with contextlib.suppress(OSError):
+                os.unlink(self.path + ".lock")
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
@@ -401,6 +420,9 @@ class SQLiteStore(Store):
         if not os.path.isdir(parent):
             raise StoreOpenError("no-directory", N_("cannot create {path}: directory {parent} does not exist "
                                                     "(create it or choose another --db)"), path=path, parent=parent)
+        if os.path.isdir(path):
+            raise StoreOpenError("is-directory", N_("{path} is a directory: give --db a file in it, e.g. "
+                                                    "{example}"), path=path, example=os.path.join(path, "tcpulse.db"))
         self._lock()
         try:
             con = self._connect()
