@@ -1,0 +1,85 @@
+"""Tier 4: what a new user tripped on (issue 13, point 5), through real subprocesses: a database
+that cannot be made is named (not blamed on the port), a failed start leaves no lock file, the
+HEARTBEAT column says what it counts."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tcpulse.cli.console import TERMINAL_ROWS, ConsoleLog
+from tcpulse.server.events import Status
+from tests.conftest import tcpulse_cmd
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tcpulse_cmd(*args), capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+@pytest.mark.parametrize("db", ["/proc/x.db", "/sys/x.db"])
+def test_a_database_that_cannot_be_made_is_named(db: str) -> None:
+    r = run("serve", "--port", "0", "--db", db)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"cannot create the database {db}" in r.stderr and "--db" in r.stderr
+    assert "port" not in r.stderr and "listen" not in r.stderr
+
+
+def test_failed_starts_leave_no_lock_file(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run("serve", "--port", str(port), "--db", "t.db", cwd=tmp_path)
+    assert "already in use" in r.stderr
+    # A directory given as the database: named, and no <dir>.lock beside it.
+    (tmp_path / "data").mkdir()
+    r = run("serve", "--port", "0", "--db", "data", cwd=tmp_path)
+    assert r.returncode == 1 and "data is a directory: give --db a file in it, e.g. data/tcpulse.db" in r.stderr
+    # A file that is not a database.
+    (tmp_path / "notes.txt").write_text("not sqlite " * 100)
+    r = run("serve", "--port", "0", "--db", "notes.txt", cwd=tmp_path)
+    assert r.returncode == 1 and "notes.txt" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt", "t.db"]
+
+
+def test_a_second_server_on_the_same_database_is_refused_and_the_first_keeps_its_lock(
+        tmp_path: Path, server_process) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "one.db"
+    first = server_process("--db", str(db))
+    assert (tmp_path / "one.db.lock").exists()
+    r = run("serve", "--port", "0", "--db", str(db))
+    assert r.returncode == 1 and "in use by another tcpulse server" in r.stderr
+    assert (tmp_path / "one.db.lock").exists()  # the refused one did not take it away
+    assert first.terminate() == 0
+    assert not (tmp_path / "one.db.lock").exists()  # and the first removes it when it stops
+
+
+def test_the_table_says_what_proves_life_and_what_the_count_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the rich table's width: no header wrapped
+    row = {"client": "typist", "addr": "127.0.0.1:1", "connected_at": 0.0, "last_heard_ago": 0.4, "heartbeats": 0,
+           "messages": 3, "state": "alive", "rtt": None}
+    out = io.StringIO()
+    ConsoleLog(out, rich_tables=False)(Status([row]))
+    assert "last heard 0.4 s ago | HEARTBEAT frames 0 | messages 3" in out.getvalue()
+    out = io.StringIO()
+    ConsoleLog(out, rich_tables=True)(Status([row]))
+    assert "HEARTBEAT frames" in out.getvalue() and "last heard (any frame)" in out.getvalue()
+
+
+def test_a_terminal_table_is_bounded_and_shows_suspects_first() -> None:
+    rows = [{"client": f"c{i}", "addr": f"127.0.0.1:{i}", "connected_at": 0.0, "last_heard_ago": 0.1,
+             "heartbeats": 1, "messages": 0, "state": "alive", "rtt": None} for i in range(TERMINAL_ROWS + 5)]
+    rows[-1] = {**rows[-1], "state": "suspect"}
+    out = io.StringIO()
+    log = ConsoleLog(out, rich_tables=False, changes_only=True)
+    log(Status(rows))
+    text = out.getvalue()
+    assert f"Current client connections: {TERMINAL_ROWS + 5}" in text and "5 more not shown" in text
+    assert text.count("Client c") == TERMINAL_ROWS and f"Client c{TERMINAL_ROWS + 4} " in text
+    log(Status(rows))  # the same again: not printed
+    assert out.getvalue() == text
