@@ -5,6 +5,8 @@ HEARTBEAT column says what it counts."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -83,3 +85,11 @@ def test_a_terminal_table_is_bounded_and_shows_suspects_first() -> None:
     assert text.count("Client c") == TERMINAL_ROWS and f"Client c{TERMINAL_ROWS + 4} " in text
     log(Status(rows))  # the same again: not printed
     assert out.getvalue() == text
+
+
+def test_sighup_without_an_auth_file_does_not_stop_the_server(server_process) -> None:  # type: ignore[no-untyped-def]
+    srv = server_process()
+    os.kill(srv.proc.pid, signal.SIGHUP)  # what `systemctl reload` sends (docs/deploy.md)
+    w = srv.wait_event("warning")
+    assert "nothing to re-read" in w["text"] and srv.proc.poll() is None
+    assert srv.terminate() == 0
