@@ -133,3 +133,18 @@ def test_unknown_language_is_rejected_with_the_known_ones(tmp_path: Path) -> Non
         assert "fr" in line and "unknown language" in line and "en, zh" in line, line
     r = run("--lang", "zh_CN.UTF-8", "serve", "--port", "70000")
     assert r.returncode == 2 and "--port" in r.stderr
+
+
+def test_the_documented_config_files_are_taken(tmp_path: Path) -> None:
+    import re
+    root = Path(__file__).resolve().parents[2]
+    for doc, commands in ((root / "README.md", ("serve", "connect")), (root / "docs" / "deploy.md", ("serve",))):
+        blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)
+        assert blocks, doc
+        for i, block in enumerate(blocks):
+            cfg = tmp_path / f"{doc.stem}-{i}.toml"
+            cfg.write_text(block)
+            for command in commands:
+                r = run(command, "--config", str(cfg), "--print-config")
+                assert r.returncode == 0, (doc.name, command, r.stderr)
+                assert f"# file {cfg}" in r.stdout
