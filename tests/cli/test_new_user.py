@@ -93,3 +93,34 @@ def test_sighup_without_an_auth_file_does_not_stop_the_server(server_process) ->
     w = srv.wait_event("warning")
     assert "nothing to re-read" in w["text"] and srv.proc.poll() is None
     assert srv.terminate() == 0
+
+
+def test_the_readme_set_up_installs_what_every_server_feature_needs() -> None:
+    # `bash scripts/demo.sh` (the README's first command) sets up with these extras; `--admin` and
+    # alerts must work right after it, without a second pip install.
+    import re
+    import tomllib
+    root = Path(__file__).resolve().parents[2]
+    demo = (root / "scripts" / "demo.sh").read_text()
+    m = re.search(r"TCPULSE_EXTRAS=\$\{TCPULSE_EXTRAS:-([a-z,]+)\}", demo)
+    assert m, demo
+    extras = set(m.group(1).split(","))
+    setup = (root / "scripts" / "setup.sh").read_text()
+    assert "fonts-noto-cjk" in setup  # the zh dashboard in the tests' Chromium
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    installed = {d.split(">")[0].split("[")[0] for d in project["dependencies"]}
+    for extra in extras:
+        installed |= {d.split(">")[0] for d in project["optional-dependencies"][extra]}
+    assert {"aiohttp", "prometheus_client", "uvloop"} <= installed, installed
+    # ... which covers every third-party module the server's features import.
+    import ast
+    import sys
+    pkg = root / "src" / "tcpulse"
+    imported = set()
+    for path in [*pkg.glob("admin/*.py"), *pkg.glob("alerts/*.py"), *pkg.glob("server/*.py"), *pkg.glob("cli/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            imported |= {n.split(".")[0] for n in names}
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "tcpulse"}
+    assert third_party <= installed | {"rich", "click"}, third_party - installed
