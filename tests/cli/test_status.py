@@ -113,6 +113,7 @@ def test_serve_admin_errors_are_one_line(tmp_path: Path) -> None:
     r = run("serve", "--port", "0", "--admin", "127.0.0.1:0", env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 2
     assert "pip install 'tcpulse[admin]'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "bash scripts/setup.sh" in r.stderr  # the README's set-up, in a checkout
 
 
 def test_admin_stops_with_the_server(server_process: Any) -> None:

@@ -14,7 +14,8 @@ from tcpulse.cli.click_i18n import localize, use_click_catalog
 from tcpulse.errors import ConfigError, TcpulseError
 from tcpulse.i18n import _, set_language
 
-__all__ = ["DEFAULT_PORT", "error_text", "fail", "flag", "lang_option", "loop_runner", "run_loop", "use_language"]
+__all__ = ["DEFAULT_PORT", "LANGUAGES", "error_text", "fail", "flag", "known_language", "lang_option", "loop_runner",
+           "run_loop", "use_language"]
 
 DEFAULT_PORT = 12345
 
@@ -77,8 +78,23 @@ def use_language(lang: str | None, root: click.Command) -> str:
     return code
 
 
+#: The languages of the output: English (the source) and the catalogs under i18n/locale.
+LANGUAGES = ("en", "zh")
+
+
+def known_language(lang: str) -> bool:
+    """`en`, `zh`, `zh_CN.UTF-8`, `auto` (from the locale), ...: whether --lang may be `lang`."""
+    return lang == "auto" or lang.split(".")[0].split("_")[0].lower() in LANGUAGES
+
+
 def _lang_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
+        if not known_language(value):
+            problem = _("unknown language; choose one of: {known}").format(known=", ".join(LANGUAGES))
+            if ctx.get_parameter_source(str(param.name)) is click.core.ParameterSource.COMMANDLINE:
+                fail(f"--lang {value}: {problem}", 2)
+            # From TCPULSE_LANG or a config file: the group's handler names which (cli/config.py).
+            raise click.BadParameter(problem, ctx=ctx, param=param)
         use_language(value, ctx.find_root().command)
     return value
 

@@ -5,6 +5,15 @@ Text lines are timestamped like the original exercise (`[2025-04-10 15:32:44] ..
 
 Lines go out through a `LineSink` (output.py): never a blocking write on the event loop, one
 write per loop iteration, and a bounded buffer whose overflow is dropped, counted and reported.
+
+The status table: piped or redirected, every `--status-every` seconds in the original exercise's
+style (a log that a program reads keeps its rhythm).  On a terminal, a person reads the events as
+they scroll, so the table is printed only when it changed: a client came, went, or changed state
+(the seconds since each was last heard do not count), with at most `TERMINAL_ROWS` rows (suspect
+ones first); an idle server prints nothing.  A table pinned below the scrolling events (rich's
+Live) was the other choice; it is not taken because it redraws with cursor moves written beside
+the log, and the log may drop lines when the terminal does not keep up (output.py), which would
+leave the screen garbled; printing only what changed stays correct whatever is dropped.
 Messages come one batch per read (`MessagesReceived`) and are formatted in one tight loop with
 the timestamp and the translated templates made once: printing every message costs little.
 """
@@ -42,7 +51,10 @@ from tcpulse.server.events import (
     Warning_,
 )
 
-__all__ = ["ConsoleLog"]
+__all__ = ["TERMINAL_ROWS", "ConsoleLog"]
+
+#: Rows of the status table on a terminal at most (`tcpulse status` and the dashboard show all).
+TERMINAL_ROWS = 30
 
 
 def _fmt_time(t: float) -> str:
@@ -108,15 +120,18 @@ class ConsoleLog:
     """
 
     def __init__(self, out: IO[str] | None = None, *, json_format: bool = False,
-                 level: str = "normal", rich_tables: bool | None = None, max_buffered: int | None = None) -> None:
+                 level: str = "normal", rich_tables: bool | None = None, changes_only: bool | None = None,
+                 max_buffered: int | None = None) -> None:
         self.out = out or sys.stdout
         self.json = json_format
         self.level = level
         self.wants_messages = level != "quiet"
         self.wants_heartbeats = level == "verbose"
-        if rich_tables is None:
-            rich_tables = not json_format and self.out.isatty()
-        self.rich_tables = rich_tables
+        terminal = not json_format and self.out.isatty()
+        self.rich_tables = terminal if rich_tables is None else rich_tables
+        #: Print the status table only when it changed (on a terminal: see the module docstring).
+        self.changes_only = terminal if changes_only is None else changes_only
+        self._shown: tuple[tuple[str, str, str], ...] = ()  # what the last table printed showed
         self._stamps = _Stamps()
         kw = {} if max_buffered is None else {"max_bytes": max_buffered}
         self.sink = LineSink(self.out, notice=self._drop_notice, **kw)
@@ -301,20 +316,34 @@ class ConsoleLog:
     def _status(self, ev: Status) -> None:
         if self.level == "quiet":
             return
+        rows = ev.rows
+        hidden = 0
+        if self.changes_only:
+            shown = tuple((r["client"], r["addr"], r["state"]) for r in rows)
+            if shown == self._shown:
+                return  # nothing came, went or changed state: the last table still holds
+            self._shown = shown
+            if len(rows) > TERMINAL_ROWS:
+                rows = sorted(rows, key=lambda r: r["state"] == "alive")[:TERMINAL_ROWS]
+                hidden = len(ev.rows) - TERMINAL_ROWS
         title = _("Current client connections:")
         alive, suspect = _("alive"), _("suspect")
+        more = _("{n} more not shown: see 'tcpulse status' or the dashboard (serve --admin)").format(n=hidden)
         # --detector phi: each client's suspicion level (phi is a symbol: not translated).
-        with_phi = any(r.get("phi") is not None for r in ev.rows)
+        with_phi = any(r.get("phi") is not None for r in rows)
         if self.rich_tables:
             from rich.console import Console
             from rich.table import Table
-            table = Table(title=f"[{self._stamps.local()}] {title} {len(ev.rows)}")
-            for col in (_("client"), _("address"), _("connected at"), _("last heard"), _("heartbeats"),
-                        _("messages"), _("state"), _("RTT")):
+            table = Table(title=f"[{self._stamps.local()}] {title} {len(ev.rows)}",
+                          caption=more if hidden else None)
+            # "last heard" is what proves life: any frame (a PING, a message, a HEARTBEAT);
+            # HEARTBEAT frames are only what a client sends when it has nothing else to say.
+            for col in (_("client"), _("address"), _("connected at"), _("last heard (any frame)"),
+                        _("HEARTBEAT frames"), _("messages"), _("state"), _("RTT")):
                 table.add_column(col)
             if with_phi:
                 table.add_column("phi", justify="right")
-            for r in ev.rows:
+            for r in rows:
                 st = alive if r["state"] == "alive" else suspect
                 cells = [r["client"], r["addr"], _fmt_time(r["connected_at"]),
                          f"{r['last_heard_ago']:.1f}s", str(r["heartbeats"]), str(r["messages"]),
@@ -328,14 +357,16 @@ class ConsoleLog:
             self.sink.write(buf.getvalue())
             return
         lines = ["=" * 50, f"[{self._stamps.local()}] {title} {len(ev.rows)}"]
-        for r in ev.rows:
+        for r in rows:
             st = alive if r["state"] == "alive" else suspect
             rtt = "-" if r["rtt"] is None else f"{r['rtt'] * 1000:.2f} ms"
             lines.append(_("Client {client} | address {addr} | connected at {at} | last heard {ago:.1f} s ago"
-                           " | heartbeats {hb} | messages {msgs} | state: {state} | RTT {rtt}").format(
+                           " | HEARTBEAT frames {hb} | messages {msgs} | state: {state} | RTT {rtt}").format(
                 client=r["client"], addr=r["addr"], at=_fmt_time(r["connected_at"]), ago=r["last_heard_ago"],
                 hb=r["heartbeats"], msgs=r["messages"], state=st, rtt=rtt)
                 + ("" if r.get("phi") is None else f" | phi {r['phi']:.1f}"))
+        if hidden:
+            lines.append(more)
         self.sink.write("\n".join(lines) + "\n")
 
     # ---------------------------------------------------------------- json

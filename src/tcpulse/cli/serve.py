@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import signal
 import sys
 from typing import Any
 
 import click
 
+from tcpulse.cli.alert import AlertsForServe, alert_options
 from tcpulse.cli.common import DEFAULT_PORT, _positive, error_text, fail, lang_option, run_loop
 from tcpulse.cli.console import ConsoleLog
+from tcpulse.errors import ConfigError
 from tcpulse.i18n import _
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.server import Server
@@ -107,10 +110,13 @@ __all__ = ["serve"]
               help="Pause a client may take beyond its usual gaps, as a fraction of its interval.")
 @click.option("--phi-window", default=100, show_default=True, type=click.IntRange(2, 10000),
               help="How many recent beat gaps of each client phi learns from.")
+# -- alerts (webhooks, a command) --
+@alert_options
 @lang_option
 def serve(**opts: Any) -> None:
     """Run the server."""
     opts.pop("lang")  # in force already (_lang_callback)
+    alert_opts = AlertsForServe.take(opts)
     if opts["verbose"] and opts["quiet"]:
         fail(_("-v and -q contradict each other: choose one"))
     quiet, verbose = opts.pop("quiet"), opts["verbose"]
@@ -126,17 +132,50 @@ def serve(**opts: Any) -> None:
     try:
         cfg.validate()
     except ValueError as e:
-        fail(error_text(e), 2)
+        fail(error_text(e) + _sources(e), 2)
     level = "quiet" if quiet else "verbose" if verbose else "normal"
     log = ConsoleLog(json_format=log_format == "json", level=level, max_buffered=log_buffer)
     try:
-        code = run_loop(lambda: _serve(cfg, log, grace, extra), loop_kind)
+        code = run_loop(lambda: _serve(cfg, log, grace, extra, alert_opts), loop_kind)
     finally:
         log.close()  # what the log still holds goes out (a reader that does not read gets 2 s)
     sys.exit(code)
 
 
-async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[str, Any]) -> int:
+def _sources(e: ValueError) -> str:
+    """` (tcpulse.toml: heartbeat_timeout = 4)`: where the settings a ConfigError names came from,
+    when that was a config file or the environment (the flag names them otherwise)."""
+    if not isinstance(e, ConfigError):
+        return ""
+    from tcpulse.cli.config import where
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    places = [w for f in e.fields if f in params and (w := where(ctx, params[f])) is not None]
+    return f" ({'; '.join(places)})" if places else ""
+
+
+async def _listen(server: Server) -> None:
+    """Start `server`; a failure is one line naming what to change (the database, the port, ...)."""
+    cfg = server.config
+    try:
+        await server.start()
+    except StoreOpenError as e:
+        fail(error_text(e))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            fail(_("port {port} on {host} is already in use: stop the other server or "
+                   "choose another --port (0 picks a free one)").format(port=cfg.port, host=cfg.host))
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+            fail(_("cannot listen on {host}: it is not an address of this machine (check --host)").format(
+                host=cfg.host))
+        if e.errno == errno.EACCES:
+            fail(_("not allowed to listen on port {port}: use a port above 1023").format(port=cfg.port))
+        fail(_("cannot listen on {host}:{port}: {error}").format(host=cfg.host, port=cfg.port,
+                                                                  error=e.strerror or e))
+
+
+async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[str, Any],
+                 alert_opts: dict[str, Any]) -> int:
     server = Server(cfg)
     log.subscribe_to(server)
     # -- feature setup: each feature attaches itself to `server` here, from `extra` --
@@ -154,45 +193,66 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         from tcpulse.admin.auth import admin_authorize, admin_bind_error
         from tcpulse.cli.status import AdminForServe
         token = extra.get("admin_token")
-        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(token))
+        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(token), token=token)
         why = admin_bind_error(admin.admin.host, token)  # no open admin port without a token
         if why is not None:
             fail(why, 2)
+    alerts = AlertsForServe(server, alert_opts, log)
     try:
-        await server.start()
-    except StoreOpenError as e:
-        fail(error_text(e))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            fail(_("port {port} on {host} is already in use: stop the other server or "
-                   "choose another --port (0 picks a free one)").format(port=cfg.port, host=cfg.host))
-        if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
-            fail(_("cannot listen on {host}: it is not an address of this machine (check --host)").format(
-                host=cfg.host))
-        if e.errno == errno.EACCES:
-            fail(_("not allowed to listen on port {port}: use a port above 1023").format(port=cfg.port))
-        fail(_("cannot listen on {host}:{port}: {error}").format(host=cfg.host, port=cfg.port,
-                                                                  error=e.strerror or e))
-    # -- feature start: what runs beside the listening server (admin endpoint, ...) --
-    serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
-    if admin is not None:
-        await admin.start()
+        await _listen(server)
+        # -- feature start: what runs beside the listening server (admin endpoint, alerts, ...) --
+        serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
+        if admin is not None:
+            await admin.start()
+            if alerts.alerter is not None:
+                alerts.alerter.origin.generator_url = admin.admin.url
+        await alerts.start()
+    except SystemExit:
+        # A start that failed leaves nothing behind: the store is closed (and its lock file gone).
+        await server.close(0)
+        await alerts.close(0)
+        if admin is not None:
+            await admin.close()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
             import os
             os._exit(130)  # a second signal: out at once
+        _say_stopping(log, sig, len(server.clients))
         stop.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     await server.close(grace)
     # -- feature stop --
+    await alerts.close(min(grace, 5.0))
     if admin is not None:
         await admin.close()
+    _say_stopped(log)
     return 0
+
+
+def _say_stopping(log: ConsoleLog, sig: signal.Signals, clients: int) -> None:
+    name = "Ctrl-C" if sig is signal.SIGINT else sig.name
+    if log.json:
+        from tcpulse.i18n.display import iso_ts
+        log.write_line(json.dumps({"ts": iso_ts(), "event": "stopping", "signal": sig.name, "clients": clients},
+                                  separators=(",", ":")))
+    else:
+        log.write_line(_("Stopping ({signal})").format(signal=name) if clients == 0 else
+                       _("Stopping ({signal}): telling {n} client(s) that the server is shutting down; "
+                         "{signal} again quits at once").format(signal=name, n=clients))
+
+
+def _say_stopped(log: ConsoleLog) -> None:
+    if log.json:
+        from tcpulse.i18n.display import iso_ts
+        log.write_line(json.dumps({"ts": iso_ts(), "event": "stopped"}, separators=(",", ":")))
+    else:
+        log.write_line(_("Server stopped"))

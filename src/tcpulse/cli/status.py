@@ -40,12 +40,16 @@ class AdminForServe:
     that the admin extra is installed), `await start()` once the server listens, `await close()`
     when it stops."""
 
-    def __init__(self, server: Server, spec: str, log: ConsoleLog, authorize: Authorize | None = None) -> None:
+    def __init__(self, server: Server, spec: str, log: ConsoleLog, authorize: Authorize | None = None,
+                 token: str | None = None) -> None:
         try:
             from tcpulse.admin.app import Admin, parse_admin_addr
         except ImportError as e:
-            fail(_("--admin needs the admin extra ({missing} is not installed): "
+            # In a checkout, the README's set-up installs the extra; from a package, pip does.
+            fail(_("--admin needs the admin extra ({missing} is not installed): in a checkout run "
+                   "bash scripts/setup.sh (or .venv/bin/pip install -e '.[admin]'); otherwise "
                    "pip install 'tcpulse[admin]'").format(missing=e.name or e), 2)
+        self.token_required = bool(token)
         try:
             host, port = parse_admin_addr(spec)
         except ValueError as e:
@@ -68,7 +72,11 @@ class AdminForServe:
             from tcpulse.i18n.display import iso_ts
             self.log.write_line(json.dumps({"ts": iso_ts(), "event": "admin", "url": a.url}, separators=(",", ":")))
         elif self.log.level != "quiet":
-            self.log.write_line(_("Admin API and dashboard: {url}").format(url=a.url))
+            line = _("Admin API and dashboard: {url}").format(url=a.url)
+            if self.token_required:
+                # The token itself is never printed: the operator has it (--admin-token, TCPULSE_ADMIN_TOKEN).
+                line += " " + _("(admin token required: open {url}?token=TOKEN)").format(url=a.url)
+            self.log.write_line(line)
 
     async def close(self) -> None:
         await self.admin.close()
@@ -156,7 +164,7 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
         suspect=counts.get("suspect", 0), uptime=server.get("uptime", 0))
     table = Table(title=title, title_justify="left")
     for col, right in ((_("client"), False), (_("address"), False), (_("state"), False), (_("idle"), True),
-                       (_("connected at"), False), (_("heartbeats"), True), (_("messages"), True),
+                       (_("connected at"), False), (_("HEARTBEAT frames"), True), (_("messages"), True),
                        (_("in"), True), (_("out"), True), (_("RTT"), True), (_("interval/timeout"), True)):
         table.add_column(col, justify="right" if right else "left", no_wrap=True)
     names = {"alive": _("alive"), "suspect": _("suspect"), "dead": _("closing")}

@@ -14,6 +14,7 @@ import click
 
 from tcpulse.cli.common import error_text, fail
 from tcpulse.cli.console import ConsoleLog
+from tcpulse.errors import N_
 from tcpulse.i18n import _
 from tcpulse.i18n.display import iso_ts
 from tcpulse.security.tls import SecurityConfigError, client_ssl_context
@@ -113,9 +114,10 @@ def serve_security_setup(server: Server) -> None:
 def serve_security_start(server: Server, log: ConsoleLog) -> None:
     """Say how many clients fit, and re-read the auth file on SIGHUP."""
     g = server.guard
-    if g.auth is not None:
-        # Before the capacity line: whoever waits for that line may send SIGHUP at once.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_auth)
+    # Before the capacity line: whoever waits for that line may send SIGHUP at once.  Without an
+    # auth file there is nothing to re-read, but SIGHUP (systemctl reload) must not kill the server.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, server.reload_auth if g.auth is not None else lambda: _nothing_to_reload(log))
     if log.json:
         obj: dict[str, Any] = {"ts": iso_ts(), "event": "capacity", "max_clients": g.max_clients,
                                "open_files": g.open_files[0], "tls": g.ssl is not None,
@@ -129,6 +131,18 @@ def serve_security_start(server: Server, log: ConsoleLog) -> None:
             extra.append(_("tokens for {n} ids from {path}").format(n=len(g.auth), path=g.auth.path))
         log.write_line(_("Capacity: {text}").format(text=_capacity_text(g.capacity()))
                        + (f"; {', '.join(extra)}" if extra else ""))
+
+
+#: English in the JSON log (as every warning there), translated in the text log.
+_NOTHING_TO_RELOAD = N_("SIGHUP: nothing to re-read (no --auth-file); settings change with a restart")
+
+
+def _nothing_to_reload(log: ConsoleLog) -> None:
+    if log.json:
+        log.write_line(json.dumps({"ts": iso_ts(), "event": "warning", "text": _NOTHING_TO_RELOAD},
+                                  separators=(",", ":")))
+    else:
+        log.write_line(_("Warning: {text}").format(text=_(_NOTHING_TO_RELOAD)))
 
 
 def _capacity_text(cap: Capacity) -> str:

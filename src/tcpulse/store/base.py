@@ -45,11 +45,12 @@ StateListener = Callable[[bool, str], None]
 
 class StoreOpenError(TcpulseError):
     """The store cannot be opened; the message says why and what to do (shown as one line).
-    `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "in-use"
+    `kind`: "missing" (no such database to read), "not-sqlite", "no-directory", "is-directory",
+    "cannot-create" (the lock file beside it cannot be made: /proc, /sys, read-only), "in-use"
     (another server has it), "unusable" (SQLite cannot open it), "foreign" (a database of
     something else), "newer-schema", "no-wal", "unwritable"; a file the server may not trust
     (store/files.py): "symlink", "not-a-file", "not-owner" (another user's), "hard-linked",
-    "unsafe-mode" (writable by other users), "no-lock" (the lock file cannot be opened)."""
+    "unsafe-mode" (writable by other users)."""
 
 
 class StoreWarning(TcpulseError):

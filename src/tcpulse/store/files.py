@@ -166,8 +166,11 @@ def open_lock(path: str) -> int:
     except OSError as e:
         if e.errno == errno.ELOOP:
             check_file(lock)  # raises "symlink"
-        raise StoreOpenError("no-lock", N_("cannot open the lock file {path}: {error} (choose another --db, or "
-                                           "--db none to keep nothing)"), path=lock, error=e) from e
+        # /proc, /sys, a read-only or missing place: the database cannot be made there, and the
+        # user named the database, not its lock: say so.
+        raise StoreOpenError("cannot-create", N_("cannot create the database {path}: {error} (choose another "
+                                                 "--db, or --db none to keep nothing)"),
+                             path=path, error=e.strerror or str(e)) from e
     try:
         check_file(lock, os.fstat(fd))
     except BaseException:

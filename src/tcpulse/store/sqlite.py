@@ -378,19 +378,33 @@ class SQLiteStore(Store):
         # One server per database: the writer's own record of each session's high is what keeps
         # a seq from being stored twice, so no second writer may exist (PROTOCOL.md, "Delivery").
         # The lock is next to the database's real path, checked and never through a link
-        # (files.open_lock), so that two names of one file share one lock.
-        fd = files.open_lock(self._file)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # (files.open_lock), so that two names of one file share one lock.  It lives only while
+        # it is held (_unlock removes it), so a failed start leaves none behind; a lock taken on a
+        # file that its holder removed meanwhile is taken again on the new one.
+        lock_path = self._file + files.LOCK_SUFFIX
+        while True:
+            fd = files.open_lock(self._file)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
+                                                  "another --db"), path=self.path) from None
+            try:
+                same = os.fstat(fd).st_ino == os.lstat(lock_path).st_ino
+            except OSError:
+                same = False
+            if same:
+                files.make_lock_private(fd)
+                self._lock_fd = fd
+                return
             os.close(fd)
-            raise StoreOpenError("in-use", N_("{path} is in use by another tcpulse server: stop it or choose "
-                                              "another --db"), path=self.path) from None
-        files.make_lock_private(fd)
-        self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd >= 0:
+            # Removed while still held, so that no other server can hold the removed file.
+            with contextlib.suppress(OSError):
+                os.unlink(self._file + files.LOCK_SUFFIX)
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
@@ -401,6 +415,9 @@ class SQLiteStore(Store):
         if not os.path.isdir(parent):
             raise StoreOpenError("no-directory", N_("cannot create {path}: directory {parent} does not exist "
                                                     "(create it or choose another --db)"), path=path, parent=parent)
+        if os.path.isdir(path):
+            raise StoreOpenError("is-directory", N_("{path} is a directory: give --db a file in it, e.g. "
+                                                    "{example}"), path=path, example=os.path.join(path, "tcpulse.db"))
         self._file = files.real_path(path)
         warnings = files.check_directory(self._file)
         files.check_database_files(self._file)  # before the lock: a refused name leaves no lock behind
