@@ -484,38 +484,37 @@ class Client:
             self._check_open()
 
     def _pump(self) -> None:
-        """Write the messages not yet sent on this connection, in id order, up to the socket's
-        high watermark and only what the outbox keeps for good; then wait for the buffer to fall
-        below its low watermark (`_resume_pump`) before writing more."""
+        """Write the messages not yet sent on this connection, in id order and only what the
+        outbox keeps for good, a chunk of `write_limit` bytes at a time; once the transport's
+        buffer is above its high watermark (it paused), wait until it is below the low one
+        (`_resume_pump`), and meanwhile make `send()` wait."""
         w, conn = self._writer, self._conn
+        if w is None or conn is None or not self.connected.is_set() or w.is_closing():
+            return
         unsent = self._unsent
-        if w is None or conn is None or not self.connected.is_set() or not unsent:
-            return
-        if w.is_closing():
-            return
         box = self.outbox
         committed = box.committed_id
         offset = box.offset
         transport = w.transport
-        room = self.write_limit - transport.get_write_buffer_size()
-        wrote = False
-        while unsent and unsent[0][0] <= committed:
-            if room <= 0:
+        limit = self.write_limit
+        while True:
+            chunk = 0
+            while unsent and chunk < limit and unsent[0][0] <= committed:
+                mid, payload = unsent.popleft()
+                conn.send(Msg(payload=payload, seq=mid - offset))
+                chunk += len(payload) + 24
+            if chunk:
+                w.write(conn.data_to_send())
+                if self._live is not None:
+                    self._live.on_sent(asyncio.get_running_loop().time())
+            if transport.get_write_buffer_size() > limit:
+                self._writable.clear()
+                if self._resume is None:
+                    self._resume = asyncio.ensure_future(self._resume_pump(w))
+                return
+            if not chunk:
                 break
-            mid, payload = unsent.popleft()
-            conn.send(Msg(payload=payload, seq=mid - offset))
-            room -= len(payload) + 24
-            wrote = True
-        if wrote:
-            w.write(conn.data_to_send())
-            if self._live is not None:
-                self._live.on_sent(asyncio.get_running_loop().time())
-        if room <= 0:
-            self._writable.clear()
-            if self._resume is None:
-                self._resume = asyncio.ensure_future(self._resume_pump(w))
-        else:
-            self._writable.set()
+        self._writable.set()
 
     async def _resume_pump(self, w: asyncio.StreamWriter) -> None:
         try:
