@@ -522,7 +522,8 @@ class Client:
         except (OSError, RuntimeError):
             return  # the connection is gone: the next one sends again
         finally:
-            self._resume = None
+            if self._resume is asyncio.current_task():
+                self._resume = None
         if w is self._writer:
             self._pump()
 
@@ -759,6 +760,9 @@ class Client:
         self._live = None
         self._unsent.clear()
         self._writable.set()  # between connections, send() fills the outbox (bounded)
+        if self._resume is not None:  # it waited for the old socket; the next one starts afresh
+            self._resume.cancel()
+            self._resume = None
         if w is not None:
             w.transport.abort()
 
