@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"server", "client", "admin", "alerts", "store", "security", "policy", "protocol", "i18n", "bench",
             "version", "errors"},
     "__main__": {"cli"},
-    "": {"server", "client", "store", "protocol", "policy", "security", "version"},
+    "": {"server", "client", "store", "protocol", "policy", "security", "version", "errors"},
 }
 
 #: The sans-I/O core imports none of these (STYLE.md: no clock, no network, no files, no language).

@@ -115,7 +115,9 @@ def test_client_failures_keep_their_bases(zh: None) -> None:
     assert dead.kind == "dead" and str(dead) == "no answer from the server within 0.6 s"
     assert isinstance(dead, TimeoutError) and is_retryable(dead)
     closed = ServerClosed.bye("shutdown")
-    assert closed.kind == "bye" and str(closed) == "server said BYE shutdown"
+    # kind is the CloseReason's value (BYE shutdown: "shutdown"; another reason: "bye").
+    assert closed.kind == "shutdown" and str(closed) == "server said BYE shutdown"
+    assert ServerClosed.bye("maintenance").kind == "bye"
     assert isinstance(closed, EOFError) and is_retryable(closed)
     assert str(ServerClosed.bye(None)) == "server said BYE"
     err = ServerError(401, "authentication failed")

@@ -496,9 +496,17 @@ def test_an_integer_past_ints_digit_limit_is_bad_json() -> None:
     assert c.error is not None and c.error.text == "bad JSON in INFO"
 
 
+def test_a_token_with_a_lone_surrogate_escape_is_a_token_for_the_guard_to_refuse() -> None:
+    # Valid JSON, a string no UTF-8 can carry: not a bad frame, but a token that matches nothing
+    # (the server answers ERR 401 and audits it: issue 15, row 3; tests/server/test_hardening.py).
+    want = Hello.received(id="a", session=None, token="\ud800", heartbeat_interval=None)
+    tr(server, b'HELLO {"id":"a","token":"\\ud800"}\n', [want])
+    with pytest.raises(ValueError):
+        Hello(id="a", token="\ud800")  # a program cannot send one: no UTF-8 for it
+
+
 @pytest.mark.parametrize("data", [
-    b'HELLO {"id":"a","token":"\\ud800"}\n',  # a lone surrogate: no UTF-8 for it
-    b'HELLO {"id":"a","token":"\xed\xa0\x80"}\n',  # the same surrogate encoded as UTF-8
+    b'HELLO {"id":"a","token":"\xed\xa0\x80"}\n',  # a surrogate encoded as UTF-8: not UTF-8
     b'HELLO {"id":"a","token":"\xff"}\n',
     b"HELLO " + '{"id":"a"}'.encode("utf-16-le") + b"\n",  # json.loads(bytes) would take UTF-16
     b"HELLO " + '{"id":"a"}'.encode("utf-8-sig") + b"\n",

@@ -31,8 +31,9 @@ def _load_harness() -> ModuleType:
 
 harness = _load_harness()
 #: The seeds that are all good frames; every other one ends in a bad frame (ERR 400, or 413 for caps_).
+#: (A HELLO token with a lone surrogate escape is a token, refused by the guard, not a bad frame.)
 CLEAN = {"anon-server", "numbers_ok_limits-client", "server_frames-client", "server_frames-client_hello",
-         "session-server", "session_refused-server"}
+         "session-server", "session_refused-server", "strings_hello_surrogate-server"}
 
 
 def _seed(name: str) -> bytes:

@@ -462,8 +462,9 @@ def test_connect_refusals_name_the_fix(pki: dict[str, Any], tokens: Any, server_
     env = {**os.environ, "LANG": "C"}
     env.pop("TCPULSE_TOKEN", None)
     auth = server_process("--auth-file", tokens[0])
-    r = subprocess.run(tcpulse_cmd("connect", "--port", str(auth.port), "--id", "sensor-1", "--token", "nope",
-                                   "--no-reconnect"), capture_output=True, text=True, timeout=60, env=env,
+    # The token from the environment (on the command line, --token warns that `ps` shows it).
+    r = subprocess.run(tcpulse_cmd("connect", "--port", str(auth.port), "--id", "sensor-1", "--no-reconnect"),
+                       capture_output=True, text=True, timeout=60, env={**env, "TCPULSE_TOKEN": "nope"},
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "ERR 401" in r.stderr and "--token" in r.stderr and "Traceback" not in r.stderr

@@ -176,6 +176,17 @@ class Hello:
         if self.heartbeat_interval is not None:
             _check(_positive(self.heartbeat_interval), "heartbeat_interval must be a positive number")
 
+    @classmethod
+    def received(cls, *, id: str, session: str | None, token: str | None, heartbeat_interval: float | None) -> Hello:
+        """A `Hello` as the parser read it, fields checked there.  Unlike one a program builds,
+        its token may be any JSON string, one with a lone surrogate escape included: the server
+        refuses such a token as a wrong one (ERR 401, audited), not as a bad frame."""
+        h = object.__new__(cls)
+        for name, value in (("id", id), ("session", session), ("token", token),
+                            ("heartbeat_interval", heartbeat_interval)):
+            object.__setattr__(h, name, value)
+        return h
+
     def to_json(self) -> dict[str, Any]:
         # Optional keys are left out, never null (PROTOCOL.md, "Verbs").
         d: dict[str, Any] = {"id": self.id}
