@@ -568,3 +568,55 @@ def test_msg_unchecked_is_a_plain_msg() -> None:
     m = Msg.unchecked(b"abc", 7)
     assert m == Msg(payload=b"abc", seq=7) and hash(m) == hash(Msg(payload=b"abc", seq=7))
     assert Msg.unchecked(b"", None) == Msg(payload=b"")
+
+
+def _session_server(acked: int = 0) -> Connection:
+    c = server()
+    hello_ok(c, acked=acked)
+    return c
+
+
+@pytest.mark.parametrize("data", [
+    b"MSG 1 1\na\nMSG 2 2\nbb\nMSG 0 3\n\n",          # the next seqs, plain: the fast path
+    b"MSG 1 1\r\na\r\nMSG 2 2\nbb\r\n",               # with CR
+])
+def test_numbered_msgs_in_order_take_the_fast_path_and_keep_their_seqs(data: bytes) -> None:
+    want = [m for m in [Msg(payload=b"a", seq=1), Msg(payload=b"bb", seq=2), Msg(payload=b"", seq=3)]
+            if b"MSG %d %d" % (len(m.payload), m.seq) in data]
+    tr(_session_server, data, want)
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (b"MSG 1 2\nx\n", ErrorCode.BAD_FRAME),           # skips ahead of 1
+    (b"MSG 1 01\nx\n", ErrorCode.BAD_FRAME),          # a leading zero
+    (b"MSG 01 1\nx\n", ErrorCode.BAD_FRAME),
+    (b"MSG 1 9223372036854775808\nx\n", ErrorCode.BAD_FRAME),  # 2^63
+    (b"MSG 2000000 1\n", ErrorCode.TOO_LARGE),
+])
+def test_numbered_msgs_off_the_fast_path_are_judged_as_before(data: bytes, code: ErrorCode) -> None:
+    tr_bad(_session_server, data, code)
+
+
+def test_a_duplicate_is_returned_and_numbering_goes_on() -> None:
+    c = _session_server(acked=5)
+    evs = c.receive_data(b"MSG 1 3\nx\nMSG 1 6\ny\nMSG 1 7\nz\n")
+    assert [m.seq for m in evs if isinstance(m, Msg)] == [3, 6, 7]
+
+
+def test_unnumbered_messages_nobody_wants_are_checked_and_counted_not_built() -> None:
+    c = _session_server()
+    c.keep_unnumbered = False
+    evs = c.receive_data(b"MSG 3\nabc\nMSG 1 1\nx\nHEARTBEAT\nMSG 2\nde\n")
+    assert evs == [Msg(payload=b"x", seq=1), Heartbeat()]
+    assert c.discarded == 2
+    # Still checked: a bad one is a bad frame, counted or not.
+    assert not c.receive_data(b"MSG 2\nabc\n") and c.error is not None and c.error.code is ErrorCode.BAD_FRAME
+
+
+def test_ack_is_the_same_frame_as_sending_an_ack_event() -> None:
+    a, b = _session_server(), _session_server()
+    a.ack(7)
+    b.send(Ack(seq=7))
+    assert a.data_to_send() == b.data_to_send() == b"ACK 7\n"
+    with pytest.raises(ValueError):
+        client().ack(1)  # a client never acknowledges

@@ -172,3 +172,22 @@ async def test_bytes_kept_back_by_the_read_budget_keep_their_order(start_server:
     assert not [e for e in events if isinstance(e, TimedOut)]
     a.close()
     b.close()
+
+
+async def test_messages_nobody_wants_still_count_and_prove_life(start_server: Any) -> None:
+    # --db none with no subscriber for messages: unnumbered messages are not even built, yet each
+    # is counted and proves the client alive (a client that only talks is never timed out).
+    srv = await start_server(heartbeat_interval=100 * MS, heartbeat_timeout=300 * MS)
+    events: list[ServerEvent] = []
+    srv.subscribe(events.append, messages=False)
+    c = await RawClient.open(srv.port)
+    await c.hello("talker", heartbeat_interval=0.1)
+    for _ in range(10):  # 1 s of messages only, more than three timeouts' worth
+        await c.send(b"MSG 2\nhi\n" * 50)
+        await asyncio.sleep(100 * MS)
+    await c.send(b"PING end\n")
+    assert await c.expect(b"PONG end") == b"PONG end"
+    view = srv.client("talker")
+    assert view is not None and view.messages == 500
+    assert not [e for e in events if isinstance(e, TimedOut)]
+    c.close()

@@ -132,6 +132,8 @@ class Connection:
         "_their_moves",
         "auth_required",
         "auto_pong",
+        "discarded",
+        "keep_unnumbered",
         "max_line",
         "max_payload",
         "role",
@@ -167,6 +169,11 @@ class Connection:
         self._out = bytearray()
         self._err_out = b""
         self._next_seq = 0  # 0 = numbering not open yet (no OK sent, or no session)
+        #: Server role: False when nobody wants the payloads of unnumbered messages (no store
+        #: keeps them, no program reads them): each is then checked and counted in `discarded`
+        #: instead of being returned as a `Msg` (the caller sets it before `receive_data()`).
+        self.keep_unnumbered = True
+        self.discarded = 0
 
     # ------------------------------------------------------------------ state
 
@@ -336,6 +343,7 @@ class Connection:
         unchecked = Msg.unchecked
         server = self._server
         opened = OPEN
+        keep = self.keep_unnumbered or not server
         while pos < end:
             nl = find(b"\n", pos)
             if nl < 0:
@@ -360,10 +368,29 @@ class Connection:
                         raise RemoteProtocolError(ErrorCode.TOO_LARGE, "payload too large")
                     seq = None
                 else:
-                    n, seq = self._msg_line(args)
+                    # Fast path too: a numbered MSG that is the next of its session, in plain
+                    # digits (what every client sends); anything else is _msg_line()'s to judge.
+                    sp = args.find(b" ")
+                    nxt = self._next_seq
+                    if sp > 0 and nxt and self._their is opened:
+                        a, s = args[:sp], args[sp + 1:]
+                        if a.isdigit() and s.isdigit() and len(a) <= 20 and len(s) <= 19 \
+                                and (a[0] != 48 or sp == 1) and s[0] != 48 and int(s) == nxt < SEQ_LIMIT:
+                            n, seq = int(a), nxt
+                            if n > max_payload:
+                                raise RemoteProtocolError(ErrorCode.TOO_LARGE, "payload too large")
+                            self._next_seq = nxt + 1
+                        else:
+                            n, seq = self._msg_line(args)
+                    else:
+                        n, seq = self._msg_line(args)
                 body = nl + 1
                 tail = body + n
                 if tail < end and data[tail] == _LF:
+                    if seq is None and not keep:
+                        self.discarded += 1  # nobody wants it: checked and counted, not built
+                        pos = tail + 1
+                        continue
                     # Msg.unchecked() inlined: one call less per message (STYLE.md, "Hot paths").
                     m = new_msg(Msg)
                     set_payload(m, data[body:tail])
@@ -606,6 +633,15 @@ class Connection:
             self._effect(Role.SERVER, "OK")  # their HELLO is answered: parse what followed it
         elif verb == b"HELLO":
             self._effect(Role.CLIENT, "HELLO")  # the server owes an answer (once its INFO is here)
+
+    def ack(self, seq: int) -> None:
+        """Queue `ACK seq` (server role): `send(Ack(seq=seq))` without building the event, for
+        the reply the server writes after nearly every read of a numbered sender.  `seq` must be
+        1 to 2^63-1; dropped once our side is closing, as `send()` drops it."""
+        if self._our is OPEN and self._server:
+            self._out += b"ACK %d\n" % seq
+        else:
+            self.send(Ack(seq=seq))
 
     def data_to_send(self) -> bytes:
         """The bytes queued by `send()` and by automatic replies; you must write them out.

@@ -22,7 +22,7 @@ from typing import Any
 
 from tcpulse.protocol.connection import Connection, Role
 from tcpulse.protocol.errors import ErrorCode
-from tcpulse.protocol.events import Ack, Bye, Err, Event, Heartbeat, Hello, Msg, Ping, Pong
+from tcpulse.protocol.events import Bye, Err, Event, Heartbeat, Hello, Msg, Ping, Pong
 from tcpulse.security.tls import peer_identities
 from tcpulse.server.events import (
     ProtocolErrorOccurred,
@@ -245,9 +245,12 @@ class ServerConnection(asyncio.Protocol):
     def _process(self, data: bytes, heard_at: float | None = None) -> None:
         self.bytes_in += len(data)
         conn = self.conn
+        conn.keep_unnumbered = self._hub.keep_unnumbered
+        before = conn.discarded
         events = conn.receive_data(data)
-        if events:
-            self._handle(events, heard_at)
+        skipped = conn.discarded - before
+        if events or skipped:
+            self._handle(events, heard_at, skipped)
         if self._ending is not None:
             return  # a BYE came: the rest waits for the store (see _end_after_store)
         if conn.error is not None and self._end_after_store(DisconnectReason.ERROR, None):
@@ -295,11 +298,13 @@ class ServerConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- frames
 
-    def _handle(self, events: list[Any], heard_at: float | None = None) -> None:
+    def _handle(self, events: list[Any], heard_at: float | None = None, skipped: int = 0) -> None:
         # `list[Any]`: the frames are told apart by `type(ev) is ...`, the cheapest test on the
         # hot path; an isinstance() per frame for the type checker would cost more.
         hub = self._hub
         now = hub.now()
+        if skipped:
+            self.messages += skipped  # unnumbered messages nobody wanted (Connection.keep_unnumbered)
         if hub.tracker.touch(self, now if heard_at is None else heard_at):
             hub.emit(Recovered(self.view, 0.0))
         store = hub.store
@@ -405,7 +410,7 @@ class ServerConnection(asyncio.Protocol):
     def _send_ack(self, seq: int) -> None:
         if seq > self._acked_sent and not self._closed:
             self._acked_sent = seq
-            self.conn.send(Ack(seq=seq))
+            self.conn.ack(seq)
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()

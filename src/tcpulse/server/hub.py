@@ -68,6 +68,9 @@ class Hub:
     def __init__(self, config: ServerConfig, store: Store, server_id: str) -> None:
         self.config = config
         self.server_id = server_id
+        #: Whether any subscriber wants messages / heartbeats (read on the hot path).
+        self.wants_messages = False
+        self.wants_heartbeats = False
         self.store = store
         self.use_store(store)
         self.tracker: Tracker[Peer] = Tracker()
@@ -87,9 +90,6 @@ class Hub:
         #: waiting for that, by session (as many as the store's backlog: bounded by it).
         self._after_store: list[Callable[[ServerEvent], None]] = []
         self._unstored: dict[SessionKey, deque[tuple[ClientView, Msg]]] = {}
-        #: Whether any subscriber wants messages / heartbeats (read on the hot path).
-        self.wants_messages = False
-        self.wants_heartbeats = False
         self.closing = False
         self.guard = Guard(config, emit=self.emit, clients=lambda: self.registry, closing=lambda: self.closing)
         self.info: Info | None = None
@@ -148,6 +148,7 @@ class Hub:
 
     def _wants(self) -> None:
         self.wants_messages = bool(self._each_message or self._message_batches or self._after_store)
+        self.keep_unnumbered = self.wants_messages or self.store.keeps_unnumbered
         if not self._after_store:
             self._unstored.clear()
         self.wants_heartbeats = bool(self._heartbeats)
@@ -213,6 +214,9 @@ class Hub:
 
     def use_store(self, store: Store) -> None:
         self.store = store
+        #: Whether anyone wants the payloads of unnumbered messages (a store that keeps them, a
+        #: subscriber): when not, the core only checks and counts them (the --db none -q path).
+        self.keep_unnumbered = store.keeps_unnumbered or self.wants_messages
         store.set_commit_listener(self.on_commit)
         store.set_state_listener(self.on_store_state)
 
