@@ -54,6 +54,22 @@ class RateVerdict:
 _OK = RateVerdict(0, False, False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    # The settings of FrameRate, shared by every connection with the same ones: a server holds
+    # one, not one per client (memory per idle client is a figure that matters at 10,000).
+    frames_per_sec: float
+    frames_burst: float
+    pings_per_sec: float
+    pings_burst: float
+    max_strikes: int
+    strike_window: float
+    forgive: float
+
+
+_SHARED: dict[_Limits, _Limits] = {}
+
+
 class FrameRate:
     """One connection's frame-rate limits and strikes.
 
@@ -64,34 +80,54 @@ class FrameRate:
     A strike is counted at most once per `strike_window` seconds (a burst that spans several
     reads is one offence, not several), and strikes are forgiven after `forgive` seconds without
     an offence.  The connection is closed on the strike after `max_strikes`.
+
+    Two token buckets (all control frames; PINGs), kept as four numbers here rather than two
+    objects: this is per connection state, and the settings are shared.
     """
 
-    __slots__ = ("_frames", "_pings", "forgive", "last_strike", "max_strikes", "strike_window", "strikes")
+    __slots__ = ("_f_stamp", "_f_tokens", "_limits", "_p_stamp", "_p_tokens", "last_strike", "strikes")
 
     def __init__(self, now: float, *, frames_per_sec: float, pings_per_sec: float, max_strikes: int = 3,
                  strike_window: float = 1.0, forgive: float = 10.0) -> None:
         # Burst of one second's worth: a client may catch up after a stall without a strike.
-        self._frames = TokenBucket(frames_per_sec, max(1.0, frames_per_sec), now)
-        self._pings = TokenBucket(pings_per_sec, max(1.0, pings_per_sec), now)
-        self.max_strikes = max_strikes
-        self.strike_window = strike_window
-        self.forgive = forgive
+        limits = _Limits(frames_per_sec, max(1.0, frames_per_sec), pings_per_sec, max(1.0, pings_per_sec),
+                         max_strikes, strike_window, forgive)
+        self._limits = _SHARED.setdefault(limits, limits)
+        self._f_tokens = self._limits.frames_burst
+        self._p_tokens = self._limits.pings_burst
+        self._f_stamp = self._p_stamp = now
         self.strikes = 0
         self.last_strike = -1e18
 
+    @property
+    def max_strikes(self) -> int:
+        return self._limits.max_strikes
+
     def admit(self, now: float, frames: int, pings: int = 0) -> RateVerdict:
-        if now - self.last_strike > self.forgive:
+        lim = self._limits
+        if now - self.last_strike > lim.forgive:
             self.strikes = 0
-        got_frames = self._frames.take(now, frames)
-        got_pings = self._pings.take(now, pings) if pings else 0
+        # The frames bucket (the same arithmetic as TokenBucket.take).
+        if now > self._f_stamp:
+            self._f_tokens = min(lim.frames_burst, self._f_tokens + (now - self._f_stamp) * lim.frames_per_sec)
+            self._f_stamp = now
+        got_frames = min(frames, int(self._f_tokens))
+        self._f_tokens -= got_frames
+        got_pings = 0
+        if pings:
+            if now > self._p_stamp:
+                self._p_tokens = min(lim.pings_burst, self._p_tokens + (now - self._p_stamp) * lim.pings_per_sec)
+                self._p_stamp = now
+            got_pings = min(pings, int(self._p_tokens))
+            self._p_tokens -= got_pings
         # PINGs also use frame tokens: answer only those both buckets allow.
         allowed = min(got_pings, got_frames)
         if got_frames == frames and allowed == pings:
             return _OK if not pings else RateVerdict(pings, False, False)
-        if now - self.last_strike >= self.strike_window:
+        if now - self.last_strike >= lim.strike_window:
             self.strikes += 1
             self.last_strike = now
-        return RateVerdict(allowed, True, self.strikes > self.max_strikes)
+        return RateVerdict(allowed, True, self.strikes > lim.max_strikes)
 
 
 class FailureDelay:

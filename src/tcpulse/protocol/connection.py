@@ -166,7 +166,9 @@ class Connection:
         self._payload_need = 0
         self._payload_seq: int | None = None
         self._ending = 0  # after a payload: 0 = want CR or LF, 1 = had CR, want LF
-        self._out = bytearray()
+        # What send() queued, made when needed and let go by data_to_send(): an idle connection
+        # holds no buffer (memory per idle client matters at 10,000).
+        self._out: bytearray | None = None
         self._err_out = b""
         self._next_seq = 0  # 0 = numbering not open yet (no OK sent, or no session)
         #: Server role: False when nobody wants the payloads of unnumbered messages (no store
@@ -517,6 +519,8 @@ class Connection:
             if self.auto_pong:
                 nxt = self._our_moves.get(b"PONG")
                 if nxt is not None:  # not once our side has closed
+                    if self._out is None:
+                        self._out = bytearray()
                     self._out += b"PONG\n" if rest is None else b"PONG " + rest + b"\n"
                     if nxt is not self._our:
                         self._set_our(nxt)
@@ -591,6 +595,8 @@ class Connection:
                 return
             raise LocalProtocolError(self._why_not(self.role, our, key.decode()))
         out = self._out
+        if out is None:
+            out = self._out = bytearray()
         if isinstance(event, Msg):
             if event.seq is not None:
                 if self._server:
@@ -639,6 +645,8 @@ class Connection:
         the reply the server writes after nearly every read of a numbered sender.  `seq` must be
         1 to 2^63-1; dropped once our side is closing, as `send()` drops it."""
         if self._our is OPEN and self._server:
+            if self._out is None:
+                self._out = bytearray()
             self._out += b"ACK %d\n" % seq
         else:
             self.send(Ack(seq=seq))
@@ -648,11 +656,13 @@ class Connection:
 
         After a bad frame (server role) they end in its `ERR`, and our side is then CLOSED."""
         if self._err_out:
+            if self._out is None:
+                self._out = bytearray()
             self._out += self._err_out
             self._err_out = b""
             self._set_our(CLOSED)
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        self._out = None
+        return bytes(out)

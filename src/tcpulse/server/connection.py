@@ -130,7 +130,7 @@ class ServerConnection(asyncio.Protocol):
         self._ending: tuple[DisconnectReason, str | None] | None = None
         #: Bytes read in a loop iteration that had done its share already (Hub.spend): handled
         #: at the start of a later one, before anything read after them.
-        self._stash: list[bytes] = []
+        self._stash: list[bytes] | None = None  # made when needed: most connections never need it
         self._stashed = 0
         self._deferred = False
         self._eof_pending = False
@@ -207,6 +207,8 @@ class ServerConnection(asyncio.Protocol):
         # The client spoke when its bytes were read, not when they are handled.
         self._heard_at = self._hub.now() if heard_at is None else heard_at
         if data:
+            if self._stash is None:
+                self._stash = []
             self._stash.append(data)
             self._stashed += len(data)
             self._check_held()
@@ -220,10 +222,10 @@ class ServerConnection(asyncio.Protocol):
         """Handle the bytes kept back by an earlier loop iteration, then read on."""
         self._deferred = False
         if self._closed:
-            self._stash.clear()
+            self._stash = None
             return
-        data = b"".join(self._stash)
-        self._stash.clear()
+        data = b"".join(self._stash or ())
+        self._stash = None
         self._stashed = 0
         self._consume(data, self._heard_at)
         if self._deferred:
@@ -285,8 +287,7 @@ class ServerConnection(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-            hub.linger_done()
-        hub.socket_closed(self)
+            hub.linger_done(self)
         hub.connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -566,7 +567,7 @@ class ServerConnection(asyncio.Protocol):
         tr = self.transport
         if tr is None:
             return
-        if linger and tr.can_write_eof() and hub.linger_slot():
+        if linger and tr.can_write_eof() and hub.linger_slot(self):
             # Shut our sending side; keep reading (and discarding) until the client closes or the
             # linger runs out, so our last frame is not destroyed by a reset.
             with contextlib.suppress(OSError, RuntimeError):

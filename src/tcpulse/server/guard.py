@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -199,7 +200,7 @@ class Guard:
         """A new connection, before INFO, with `served` connections served now.  False: it was
         refused with `ERR 503` (the caller must do nothing more with it)."""
         cfg = self.cfg
-        host = _host(c.addr)
+        host = sys.intern(_host(c.addr))  # one string per address, not one per connection
         if self.max_clients and served >= self.max_clients:
             c.fail(ErrorCode.UNAVAILABLE, "server full, try again later", DisconnectReason.REFUSED)
             return False

@@ -55,9 +55,10 @@ class Handshake(asyncio.Protocol):
     async def _upgrade(self) -> None:
         hub = self._hub
         conn = ServerConnection(hub)
+        early = _Early()
         loop = asyncio.get_running_loop()
         try:
-            tls = await loop.start_tls(self._transport, conn, self._ctx, server_side=True,
+            tls = await loop.start_tls(self._transport, early, self._ctx, server_side=True,
                                        ssl_handshake_timeout=self._timeout)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, ConnectionError) as e:
             hub.linger_done()
@@ -69,7 +70,11 @@ class Handshake(asyncio.Protocol):
         hub.linger_done()
         if tls is None:  # the peer went away as the handshake ended
             return
+        # The connection starts (INFO) before it sees a byte of the client's, even of bytes
+        # that came with the end of the handshake (openssl s_client sends at once).
         conn.connection_made(tls)
+        tls.set_protocol(conn)
+        early.hand_over(conn)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
         pass
@@ -77,6 +82,37 @@ class Handshake(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+class _Early(asyncio.Protocol):
+    """What the TLS layer delivers between the end of the handshake and the connection's start:
+    kept, then handed over in order (`hand_over`)."""
+
+    __slots__ = ("_data", "_eof", "_lost")
+
+    def __init__(self) -> None:
+        self._data: list[bytes] = []
+        self._eof = False
+        self._lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._data.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+    def hand_over(self, conn: asyncio.Protocol) -> None:
+        for data in self._data:
+            conn.data_received(data)
+        self._data.clear()
+        if self._eof:
+            conn.eof_received()
+        if self._lost is not None:
+            conn.connection_lost(self._lost[0])
 
 
 def _why(e: BaseException) -> str:

@@ -76,8 +76,8 @@ class Hub:
         self.tracker: Tracker[Peer] = Tracker()
         self._phi = config.phi_settings()
         self.registry: Registry[Peer] = Registry()
-        #: Every connection whose socket is still open (including ones lingering after BYE/ERR).
-        self.open: set[Peer] = set()
+        #: Connections whose socket lingers after their last frame (BYE/ERR), not clients any more.
+        self.lingerers: set[Peer] = set()
         #: Sockets lingering after their last frame now (see MAX_LINGERING).
         self.lingering = 0
         # Subscribers: every one gets the rare events; messages and heartbeats (frequent) go only
@@ -113,6 +113,7 @@ class Hub:
         self._spent = 0.0
         self._round_pending = False
         self._deferred: deque[Peer] = deque()
+        self._timings: dict[float | None, tuple[float, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -220,15 +221,20 @@ class Hub:
         store.set_commit_listener(self.on_commit)
         store.set_state_listener(self.on_store_state)
 
-    def linger_slot(self) -> bool:
-        """Take one of the MAX_LINGERING slots for a socket that lingers after its last frame."""
+    def linger_slot(self, c: Peer | None = None) -> bool:
+        """Take one of the MAX_LINGERING slots for a socket that is not a client: one lingering
+        after its last frame (`c`), or one in its TLS handshake (handshake.py)."""
         if self.lingering >= MAX_LINGERING:
             return False
         self.lingering += 1
+        if c is not None:
+            self.lingerers.add(c)
         return True
 
-    def linger_done(self) -> None:
+    def linger_done(self, c: Peer | None = None) -> None:
         self.lingering -= 1
+        if c is not None:
+            self.lingerers.discard(c)
 
     # ---------------------------------------------------------------- the read budget
 
@@ -305,7 +311,6 @@ class Hub:
         if not self.guard.admit(c, len(self.registry)):
             return  # refused with ERR 503 (server full, or too many from this address)
         now = self.now()
-        self.open.add(c)
         self.registry.add(c)
         self.totals["connections"] += 1
         assert self.info is not None
@@ -337,10 +342,6 @@ class Hub:
         if reason is DisconnectReason.ERROR:
             t["errors"] += 1
         self.emit(Disconnected(c.view, reason, c.detail))
-
-    def socket_closed(self, c: Peer) -> None:
-        """`c`'s socket is gone (after any linger)."""
-        self.open.discard(c)
 
     # ---------------------------------------------------------------- store
 
@@ -399,11 +400,7 @@ class Hub:
         self.spawn(self._accept_hello(c, hello))
 
     async def _accept_hello(self, c: Peer, hello: Hello) -> None:
-        cfg = self.config
-        interval = clamp_interval(hello.heartbeat_interval, cfg.heartbeat_interval,
-                                  cfg.min_heartbeat_interval, cfg.max_heartbeat_interval)
-        # PROTOCOL.md, "Liveness": timeout = clamped interval x the server's own ratio.
-        timeout = interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval)
+        interval, timeout = self._timing(hello.heartbeat_interval)
         replaced = False
         # Authentication comes before anything else, a takeover included (guard.py).
         if not await self.guard.check_hello(c, hello) or c.closed:
@@ -500,6 +497,20 @@ class Hub:
         # Before a client is declared dead: did it speak, and the server not read it (reading
         # paused for the store, or the loop ran late)?  Its bytes wait in the kernel then.
         return c.unread() > 0
+
+    def _timing(self, asked: float | None) -> tuple[float, float]:
+        # PROTOCOL.md, "Liveness": the interval asked for, clamped to the server's bounds, and a
+        # timeout of that times the server's own ratio.  The pairs are shared (most clients ask
+        # for the same few intervals): two float objects per client less (memory per idle client).
+        pair = self._timings.get(asked)
+        if pair is None:
+            cfg = self.config
+            interval = clamp_interval(asked, cfg.heartbeat_interval, cfg.min_heartbeat_interval,
+                                      cfg.max_heartbeat_interval)
+            pair = (interval, interval * (cfg.heartbeat_timeout / cfg.heartbeat_interval))
+            if len(self._timings) < 64:  # bounded: a client may ask for any number at all
+                self._timings[asked] = pair
+        return pair
 
     def _detector(self, interval: float) -> Detector | None:
         # One per client, learning from its interval on (None: the fixed timeout, no state).

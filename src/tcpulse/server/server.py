@@ -272,9 +272,9 @@ class Server:
             c.say_bye("shutdown", DisconnectReason.SHUTDOWN)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(hub.store.flush(), grace)
-        while hub.open and loop.time() < deadline:
+        while (hub.registry or hub.lingerers) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for c in list(hub.open):
+        for c in [*hub.registry, *hub.lingerers]:
             if c.transport is not None:
                 c.transport.abort()
         await asyncio.sleep(0)
