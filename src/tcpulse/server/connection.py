@@ -66,6 +66,7 @@ class ServerConnection(asyncio.Protocol):
         "_linger",
         "_ping_ctx",
         "_ping_sent",
+        "_silenced",
         "_stash",
         "_stashed",
         "addr",
@@ -135,6 +136,7 @@ class ServerConnection(asyncio.Protocol):
         self._deferred = False
         self._eof_pending = False
         self._heard_at = 0.0
+        self._silenced = False
 
     # ---------------------------------------------------------------- Peer: read side
 
@@ -168,8 +170,8 @@ class ServerConnection(asyncio.Protocol):
         self._hub.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return  # lingering after ERR/BYE: discard
+        if self._closed or self._silenced:
+            return  # lingering after ERR/BYE, or timed out: discard
         hub = self._hub
         if self._stash or hub.over_budget():
             # This loop iteration has done its share of work: keep the bytes for the next one
@@ -268,6 +270,8 @@ class ServerConnection(asyncio.Protocol):
         if self._deferred:
             self._eof_pending = True  # after the bytes kept back (run_deferred)
             return True
+        if self._silenced:
+            return True  # timed out: its close is on its way (Hub._bury)
         self.conn.receive_eof()
         if self._ending is not None:
             return True  # the client is done sending; what we owe it still goes out, then we close
@@ -523,6 +527,10 @@ class ServerConnection(asyncio.Protocol):
     def announce_timeout(self) -> None:
         self.conn.send(_BYE_TIMEOUT)
         self._flush()
+        # Told: nothing more it sends counts (its close follows in Hub._bury).
+        self._silenced = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def close_slow(self, detail: str) -> None:
         self.reason = DisconnectReason.SLOW_CONSUMER

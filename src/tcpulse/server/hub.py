@@ -16,9 +16,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
-from tcpulse.policy.liveness import Detector, PhiDetector, State, Tracker, clamp_interval
+from tcpulse.policy.liveness import Detector, PhiDetector, State, Tracker, Verdict, clamp_interval
 from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Hello, Info, Msg, Ok
 from tcpulse.server.config import ServerConfig
@@ -54,6 +55,9 @@ MAX_LINGERING = 50
 #: timers between, so a flood of 50 senders (libuv reads a ready socket up to 32 times in one go)
 #: delays a deadline by about this much, not by the whole backlog (bench/flood_store.py).
 READ_BUDGET = 0.01
+#: Seconds of timeout bookkeeping (log, store, close) one loop iteration does; the BYEs themselves
+#: all go out at once, the rest follows a slice at a time so that the next deadline is on time.
+TIMEOUT_SLICE = 0.002
 #: Failed TLS handshakes reported one by one per second; the rest are counted (a flood of bad
 #: handshakes must not become a flood of log lines).
 HANDSHAKE_REPORTS_PER_SEC = 5
@@ -114,6 +118,9 @@ class Hub:
         self._round_pending = False
         self._deferred: deque[Peer] = deque()
         self._timings: dict[float | None, tuple[float, float]] = {}
+        #: Clients told `BYE heartbeat-timeout` whose bookkeeping is still to do (`_bury`).
+        self._dying: deque[tuple[Verdict[Peer], float]] = deque()
+        self._burying = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -467,7 +474,8 @@ class Hub:
             # client before its due moment; wait out the rest.
             self._timer = asyncio.get_running_loop().call_later(self._timer_when - now, self._on_timer)
             return
-        dead = []
+        wall = time.time()
+        dying = self._dying
         for v in self.tracker.poll(now, spoke=self._spoke):
             c = v.key
             if v.state is State.ALIVE:
@@ -479,9 +487,22 @@ class Hub:
                 # storing or closing, so that when many clients die at once the last one is not
                 # told late by the bookkeeping of the others (PROTOCOL.md, "Liveness": promptly).
                 c.announce_timeout()
-                dead.append(v)
-        wall = time.time()
-        for v in dead:
+                dying.append((v, wall))
+        if dying and not self._burying:
+            # The bookkeeping waits for the next iterations, a slice at a time: the next deadline
+            # must not wait behind a thousand log lines and closes (TIMEOUT_SLICE).
+            self._burying = True
+            asyncio.get_running_loop().call_soon(self._bury)
+        if not self.closing:
+            self.arm()
+
+    def _bury(self) -> None:
+        # What follows a timeout (counted, stored, reported, closed), for those announced.
+        self._burying = False
+        q = self._dying
+        t0 = perf_counter()
+        while q:
+            v, wall = q.popleft()
             c = v.key
             self.totals["timeouts"] += 1
             if c.id is not None or not self.guard.auth_required:
@@ -489,8 +510,11 @@ class Hub:
                 self.store.record_timeout(c.conn_id, c.id, wall, v.silent_for, v.late_by, phi=v.phi)
             self.emit(TimedOut(c.view, v.silent_for, v.late_by, v.phi))
             c.end(DisconnectReason.TIMEOUT, "heartbeat-timeout", linger=True)
-        if not self.closing:
-            self.arm()
+            if perf_counter() - t0 > TIMEOUT_SLICE:
+                break
+        if q and not self._burying:
+            self._burying = True
+            asyncio.get_running_loop().call_soon(self._bury)
 
     @staticmethod
     def _spoke(c: Peer) -> bool:
