@@ -78,6 +78,22 @@ def _reason_text(reason: DisconnectReason, detail: str | None) -> str:
 
 #: What one message line takes, roughly (for deciding that a batch would not fit the sink).
 _LINE_ESTIMATE = 100
+#: Bytes a payload must not hold to be shown as it is: control characters, DEL, and the
+#: backslash (escape() shows each as an escape); and for JSON, what a JSON string escapes.
+_TEXT_UNSAFE = bytes(range(0x20)) + b"\x7f\\"
+_JSON_UNSAFE = bytes(range(0x20)) + b'"\\'
+
+
+def _bytes_format(template: str, field: str) -> bytes:
+    # A str.format template with one field, as a bytes %-format (the field a %s).
+    return template.replace("%", "%%").replace("{" + field + "}", "%s").encode()
+
+
+def _bytes_format_seq(template: str) -> tuple[bytes, bool]:
+    # A template with {seq} and {text}, as a bytes %-format; True when {seq} comes first (a
+    # translation may put them in either order).
+    seq_first = template.index("{seq}") < template.index("{text}")
+    return template.replace("%", "%%").replace("{seq}", "%d").replace("{text}", "%s").encode(), seq_first
 
 
 class _Stamps:
@@ -199,40 +215,55 @@ class ConsoleLog:
         return escape(text)
 
     def _text_batch(self, ev: MessagesReceived) -> None:
-        if self.sink.would_drop(len(ev.messages) * _LINE_ESTIMATE):
-            self.sink.drop(len(ev.messages))  # the reader is behind: do not even make the lines
+        msgs = ev.messages
+        if self.sink.would_drop(len(msgs) * _LINE_ESTIMATE):
+            self.sink.drop(len(msgs))  # the reader is behind: do not even make the lines
             return
         name = ev.client.name
         prefix = f"[{self._stamps.local()}] "
-        body = self._body
         dups = ev.duplicates
-        # The client's name is the same for the whole batch: put it in once.
-        t_msg = self._t_msg.replace("{client}", name)
-        t_seq = self._t_msg_seq.replace("{client}", name)
-        out = []
-        for i, m in enumerate(ev.messages):
+        # The client's name and the timestamp are the same for the whole batch: each line is one
+        # bytes %-format of the translated template, and a payload of plain printable ASCII (the
+        # usual case) goes in as it is, never decoded; anything else takes the str path.
+        f_msg = _bytes_format(prefix + self._t_msg.replace("{client}", name) + "\n", "text")
+        f_seq, seq_first = _bytes_format_seq(prefix + self._t_msg_seq.replace("{client}", name) + "\n")
+        out: list[bytes] = []
+        append = out.append
+        for i, m in enumerate(msgs):
+            p = m.payload
             seq = m.seq
+            if dups and i in dups:
+                append((prefix + self._t_dup.format(seq=seq, client=name) + "\n").encode())
+                continue
+            if not (p.isascii() and len(p.translate(None, _TEXT_UNSAFE)) == len(p)):
+                p = self._body(p).encode()
             if seq is None:
-                out.append(prefix + t_msg.format(text=body(m.payload)) + "\n")
-            elif dups and i in dups:
-                out.append(prefix + self._t_dup.format(seq=seq, client=name) + "\n")
+                append(f_msg % p)
             else:
-                out.append(prefix + t_seq.format(seq=seq, text=body(m.payload)) + "\n")
-        self.sink.write("".join(out))
+                append(f_seq % ((seq, p) if seq_first else (p, seq)))
+        self.sink.write(b"".join(out), len(msgs))
 
     def _json_batch(self, ev: MessagesReceived) -> None:
-        if self.sink.would_drop(len(ev.messages) * _LINE_ESTIMATE):
-            self.sink.drop(len(ev.messages))
+        msgs = ev.messages
+        if self.sink.would_drop(len(msgs) * _LINE_ESTIMATE):
+            self.sink.drop(len(msgs))
             return
         c = ev.client
         head = (f'{{"ts":"{self._stamps.iso()}","event":"message","client":{encode_basestring(c.name)},'
-                f'"addr":{encode_basestring(c.addr)},"size":')
+                f'"addr":{encode_basestring(c.addr)},"size":').encode().replace(b"%", b"%%")
+        plain_seq = head + b'%d,"seq":%d,"text":"%s"}\n'
+        plain = head + b'%d,"text":"%s"}\n'
         dups = ev.duplicates
-        out = []
-        for i, m in enumerate(ev.messages):
+        out: list[bytes] = []
+        append = out.append
+        for i, m in enumerate(msgs):
             p = m.payload
             seq = m.seq
-            line = head + str(len(p))
+            if not (dups and i in dups) and p.isascii() and len(p.translate(None, _JSON_UNSAFE)) == len(p):
+                # Plain ASCII with nothing JSON escapes: the payload is its own JSON string.
+                append(plain % (len(p), p) if seq is None else plain_seq % (len(p), seq, p))
+                continue
+            line = head.replace(b"%%", b"%").decode() + str(len(p))
             if seq is not None:
                 line += f',"seq":{seq}'
                 if dups and i in dups:
@@ -241,8 +272,8 @@ class ConsoleLog:
                 line += ',"text":' + encode_basestring(p.decode("utf-8"))
             except UnicodeDecodeError:
                 pass
-            out.append(line + "}\n")
-        self.sink.write("".join(out))
+            append((line + "}\n").encode())
+        self.sink.write(b"".join(out), len(msgs))
 
     # ---------------------------------------------------------------- text
 

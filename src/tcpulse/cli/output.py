@@ -62,7 +62,7 @@ class LineSink:
         self._unreported = 0
         self._dropped_since = 0.0
         # Lines of the current loop iteration; a hand-over is scheduled when this is non-empty.
-        self._lines: list[str] = []
+        self._lines: list[str | bytes] = []
         self._gathered = 0  # characters in _lines
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,16 +92,17 @@ class LineSink:
         self._unreported += lines
         self.dropped += lines
 
-    def write(self, text: str) -> None:
-        """Queue `text` (one or more whole lines).  Never blocks; past the bound it is dropped
-        and its lines counted (see the module docstring)."""
+    def write(self, text: str | bytes, lines: int = 0) -> None:
+        """Queue `text` (one or more whole lines; bytes are taken as already encoded, `lines` of
+        them if given).  Never blocks; past the bound it is dropped and its lines counted (see
+        the module docstring)."""
         if self._fd is None:
-            self.stream.write(text)
+            self.stream.write(text if isinstance(text, str) else text.decode(self.encoding, "replace"))
             self.stream.flush()
             return
         n = len(text)
         if self.pending + self._gathered + n > self.max_bytes:
-            self.drop(text.count("\n") or 1)
+            self.drop(lines or (text.count("\n") if isinstance(text, str) else text.count(b"\n")) or 1)
             return
         self._lines.append(text)
         self._gathered += n
@@ -135,7 +136,8 @@ class LineSink:
             # The reader has caught up with everything before the drop: say what was lost.
             lines.insert(0, self._notice(self._unreported, time.monotonic() - self._dropped_since))
             self._unreported = 0
-        self._push("".join(lines).encode(self.encoding, "replace"))
+        enc = self.encoding
+        self._push(b"".join(x if isinstance(x, bytes) else x.encode(enc, "replace") for x in lines))
 
     def _push(self, data: bytes) -> None:
         self._chunks.append(data)
