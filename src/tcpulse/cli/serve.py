@@ -79,6 +79,9 @@ __all__ = ["serve"]
               help="Require a per-client token (made with 'tcpulse token add'); re-read on change or SIGHUP.")
 @click.option("--auth-timeout", default=2.0, show_default=True, type=float, callback=_positive,
               help="With auth: seconds a new connection has to send HELLO (else ERR 408).")
+@click.option("--tls-handshake-timeout", default=5.0, show_default=True, type=float, callback=_positive,
+              help="With TLS: seconds a new connection has to finish its handshake (half-done handshakes share "
+                   "the small pool of sockets that are not clients yet).")
 @click.option("--max-clients", default=None, type=click.IntRange(min=0),
               help="Connections beyond this get ERR 503 [default: what the open-file limit allows].")
 @click.option("--max-per-addr", default=0, show_default=True, type=click.IntRange(min=0),
@@ -98,6 +101,9 @@ __all__ = ["serve"]
 @click.option("--max-queued", default=256 << 20, show_default=True, type=click.IntRange(min=0),
               help="Bytes queued for all clients together; past it the clients with the most unread are "
                    "closed as slow consumers (0 = off).")
+@click.option("--max-store-backlog", default=32 << 20, show_default=True, type=click.IntRange(min=1),
+              help="Bytes of messages taken and not yet stored; past it the server stops reading from the senders "
+                   "until the store is down to a quarter of it (TCP pushes back on them).")
 # -- scale and detection --
 @click.option("--detector", type=click.Choice(["fixed", "phi"]), default="fixed", show_default=True,
               help="fixed: dead at the timeout. phi: phi accrual from each client's own beat history, dead when "
