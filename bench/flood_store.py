@@ -37,6 +37,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import free_port, proc_status  # noqa: E402
 
 from tcpulse.bench.load import ingest  # noqa: E402
 
@@ -45,10 +48,6 @@ SENTINEL_INTERVAL = 0.25  # asked in HELLO; the server's ratio (10 s / 5 s) make
 SENTINEL_BEAT = 0.1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerRun:
@@ -94,11 +93,11 @@ class ServerRun:
 
     def _sample(self) -> None:
         while not self._stop.is_set() and self.proc.poll() is None:
-            self.rss_peak = max(self.rss_peak, _status(self.proc.pid, "VmRSS"))
+            self.rss_peak = max(self.rss_peak, proc_status(self.proc.pid, "VmRSS"))
             time.sleep(0.05)
 
     def hwm(self) -> int:
-        return _status(self.proc.pid, "VmHWM")
+        return proc_status(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
         self._stop.set()
@@ -126,15 +125,6 @@ out.write(b"LINES %d\n" % n)
 """
 
 
-def _status(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 _SENTINELS = r"""

@@ -27,16 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import free_port  # noqa: E402
 
 from tcpulse.bench.load import ingest  # noqa: E402
 
 VARIANTS = {"text": [], "json": ["--log-format", "json"], "quiet": ["-q"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

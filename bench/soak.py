@@ -33,6 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import free_port, proc_status  # noqa: E402
 
 from tcpulse.bench.load import hold  # noqa: E402
 
@@ -54,21 +57,8 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
@@ -83,7 +73,7 @@ def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
     def sample() -> None:
         t0 = time.monotonic()
         while not stop.is_set():
-            samples.append((time.monotonic() - t0, rss(srv.pid)))
+            samples.append((time.monotonic() - t0, proc_status(srv.pid, "VmRSS")))
             time.sleep(1.0)
     flooder = None
     acked = [0]
