@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, proc_status  # noqa: E402
+from common import free_port, proc_status, wait_port  # noqa: E402
 
 from tcpulse.bench.load import ingest  # noqa: E402
 
@@ -71,13 +70,7 @@ class ServerRun:
         self._stop = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
         threading.Thread(target=self._sample, daemon=True).start()
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("server did not start")
+        wait_port(self.port)
 
     def _drain(self) -> None:
         assert self.reader.stdout is not None

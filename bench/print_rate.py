@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port  # noqa: E402
+from common import free_port, wait_port  # noqa: E402
 
 from tcpulse.bench.load import ingest  # noqa: E402
 
@@ -51,13 +50,7 @@ class Server:
         self.lines = 0
         self.reader = threading.Thread(target=self._drain, daemon=True)
         self.reader.start()
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("server did not start")
+        wait_port(self.port)
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None

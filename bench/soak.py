@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, proc_status  # noqa: E402
+from common import free_port, proc_status, wait_port  # noqa: E402
 
 from tcpulse.bench.load import hold  # noqa: E402
 
@@ -78,12 +77,7 @@ def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
     flooder = None
     acked = [0]
     try:
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_port(port)
         threading.Thread(target=sample, daemon=True).start()
         if kind == "flood":
             flooder = subprocess.Popen([sys.executable, "-c", _FLOODER, str(port), str(ROOT / "src")],
