@@ -6,9 +6,11 @@ keeps 100 back from clients; `FD_SHARE` of them are the admin's), so this module
 connections itself instead of leaving them to aiohttp's site:
 
 - at most `MAX_CONNECTIONS` at once, counted from the moment the kernel hands one over (a TLS
-  handshake included).  A new connection beyond it takes the place of the oldest one that is not
-  in the middle of a request (it has sent nothing yet, or sits idle between requests); if every
-  place is busy, it is answered `503` and closed at once;
+  handshake included).  A new connection beyond it takes the place of one that is not being
+  served: the oldest that has sent nothing yet, else the oldest idle between requests, else the
+  oldest still sending its request's headers (a flood of silent connections only pushes out its
+  own, never a request that has arrived); if every place is being served (requests being handled,
+  dashboards), it is answered `503` and closed at once;
 - a connection has `HEADER_TIMEOUT` seconds from its accept (its TLS handshake included) or from
   the first byte of a request to complete that request's headers, and may sit idle between
   requests for `IDLE_TIMEOUT` seconds: then it is closed;
@@ -31,12 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import logging
 import socket
 import ssl as ssl_module
+import struct
+import termios
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -57,7 +62,7 @@ __all__ = [
 #: their requests each), a Prometheus scraper, `tcpulse status`, a health check, with room left.
 MAX_CONNECTIONS = 12
 #: The listen backlog (see the module docstring).
-ACCEPT_BACKLOG = 4
+ACCEPT_BACKLOG = 8
 #: Descriptors the admin endpoint may hold at most: its connections, those accepted in one turn
 #: of the loop before they are counted, and its listening socket.  Part of config.FD_RESERVE
 #: (docs/security.md, "The admin endpoint").
@@ -95,11 +100,15 @@ _QUIET = _quiet_logger()
 
 
 class State(enum.Enum):
-    NEW = "new"  # accepted; no request yet (TLS handshake, or the first request's headers)
+    NEW = "new"  # accepted, not a byte yet (or its TLS handshake under way)
     IDLE = "idle"  # between requests (keep-alive)
     READING = "reading"  # a request's first bytes came; its headers are not complete yet
     BUSY = "busy"  # a request is being handled
     STREAM = "stream"  # an event stream is open
+
+
+#: Which connections make room for a new one at the cap, first to last (see the module docstring).
+_EVICTION_ORDER = {State.NEW: 0, State.IDLE: 1, State.READING: 2}
 
 
 class _Handler(web.RequestHandler):
@@ -143,7 +152,8 @@ class AdminConnection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
+        transport = cast(asyncio.Transport, transport)
         self.raw = transport
         lst = self.listener
         if not lst.admit(self):
@@ -179,7 +189,7 @@ class AdminConnection(asyncio.Protocol):
         handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is State.IDLE:
+        if self.state is State.NEW or self.state is State.IDLE:
             self.listener.reading(self)
         if self.handler is not None:
             self.handler.data_received(data)
@@ -208,6 +218,16 @@ class AdminConnection(asyncio.Protocol):
         """Close at once (the descriptor is freed now, whatever is unsent)."""
         if self.raw is not None:
             self.raw.abort()
+
+    def unread(self) -> int:
+        """Bytes the kernel holds for this connection that have not been read yet."""
+        sock = self.raw.get_extra_info("socket") if self.raw is not None else None
+        if sock is None:
+            return 0
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+        except (OSError, ValueError):  # closed meanwhile
+            return 0
 
     def unsent(self) -> int:
         """Bytes waiting in this connection's buffers (both layers with TLS)."""
@@ -285,8 +305,7 @@ class AdminListener:
         (`503`, closed).  False: refused, nothing more to do."""
         now = self._now()
         if len(self.conns) >= MAX_CONNECTIONS:
-            victim = min((o for o in self.conns if o.state in (State.NEW, State.IDLE, State.READING)),
-                         key=lambda o: o.since, default=None)
+            victim = self._victim()
             if victim is None:
                 self.counts["refused"] += 1
                 c.closed = True
@@ -307,6 +326,17 @@ class AdminListener:
         self.conns[c] = None
         return True
 
+    def _victim(self) -> AdminConnection | None:
+        # Several connections may be accepted in one turn of the loop before any is read: one
+        # that looks silent may have its request waiting in the kernel already (FIONREAD).
+        # Counts as reading, then: a flood accepted in the same turn must not push it out.
+        def rank(o: AdminConnection) -> tuple[int, float]:
+            order = _EVICTION_ORDER[o.state]
+            if o.state is State.NEW and o.unread() > 0:
+                order = _EVICTION_ORDER[State.READING]
+            return order, o.since
+        return min((o for o in self.conns if o.state in _EVICTION_ORDER), key=rank, default=None)
+
     def release(self, c: AdminConnection) -> None:
         """`c` ended (idempotent)."""
         if c.closed and not c.counted:
@@ -320,10 +350,12 @@ class AdminListener:
             cb()
 
     def reading(self, c: AdminConnection) -> None:
-        """The first bytes of a new request on an idle connection: its headers are now due."""
+        """The first bytes of a request: its headers are due within HEADER_TIMEOUT (of the accept,
+        for the first request)."""
+        if c.state is State.IDLE:
+            c.since = self._now()
+            c.deadline = c.since + HEADER_TIMEOUT
         c.state = State.READING
-        c.since = self._now()
-        c.deadline = c.since + HEADER_TIMEOUT
 
     def busy(self, request: web.BaseRequest) -> AdminConnection | None:
         """A request is being handled (a middleware calls this first): no deadline until `done()`."""
