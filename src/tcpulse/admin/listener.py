@@ -79,6 +79,9 @@ STREAM_STALL = 10.0
 STREAM_MAX_BUFFER = 256 << 10
 #: The kernel send buffer asked for an event stream's socket (Linux doubles it).
 STREAM_SNDBUF = 64 << 10
+#: Bytes kept of what arrives between a TLS handshake and its handler (aiohttp's request line and
+#: headers are capped well below this).
+_EARLY_MAX = 256 << 10
 #: Seconds between looks at the deadlines and the streams.
 SWEEP_EVERY = 0.5
 
@@ -131,6 +134,21 @@ class _Handler(web.RequestHandler):
         return resp
 
 
+def _feed(proto: asyncio.BaseProtocol, data: bytes) -> None:
+    """Give `data` to a protocol as its transport would (asyncio's TLS layer is a BufferedProtocol)."""
+    if isinstance(proto, asyncio.BufferedProtocol) or hasattr(proto, "get_buffer"):
+        bp = cast(asyncio.BufferedProtocol, proto)
+        view = memoryview(data)
+        while view:
+            buf = memoryview(bp.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            bp.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, proto).data_received(data)
+
+
 class AdminConnection(asyncio.Protocol):
     """One connection to the admin port, counted from its accept to its end; it hands the bytes to
     aiohttp's request handler once the connection is admitted (and its TLS handshake done)."""
@@ -148,6 +166,9 @@ class AdminConnection(asyncio.Protocol):
         self.on_close: Callable[[], None] | None = None
         self.counted = False
         self.closed = False
+        self._early: list[bytes] = []
+        self._tls = False
+        self._raw_early: list[bytes] = []
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -161,17 +182,30 @@ class AdminConnection(asyncio.Protocol):
         if lst.ssl is None:
             self._attach(transport)
             return
-        # Nothing may be read before start_tls takes the socket over: its ClientHello is the
-        # TLS layer's to read.
-        transport.pause_reading()
+        self._tls = True
         lst.spawn(self._start_tls(transport, lst.ssl))
 
     async def _start_tls(self, raw: asyncio.Transport, ctx: ssl_module.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        # The header timeout (the sweep) ends a handshake that takes too long; asyncio's own
+        # handshake timeout is only a backstop.
+        handshake = asyncio.ensure_future(loop.start_tls(raw, self, ctx, server_side=True,
+                                                         ssl_handshake_timeout=HEADER_TIMEOUT + 5.0))
+        # start_tls() takes the socket over in its first step (the TLS layer becomes the socket's
+        # protocol, reading paused until it is ready).  Whatever the socket read before that (the
+        # loop reads as soon as a connection is made: uvloop even when asked not to) came here:
+        # hand it to the TLS layer, in order, before anything newer.
+        while raw.get_protocol() is self and not handshake.done():
+            await asyncio.sleep(0)
+        early, self._raw_early = b"".join(self._raw_early), []
+        if early and not handshake.done():
+            _feed(raw.get_protocol(), early)
         try:
-            tls = await asyncio.get_running_loop().start_tls(raw, self, ctx, server_side=True,
-                                                             ssl_handshake_timeout=HEADER_TIMEOUT)
+            tls = await handshake
         except (OSError, ssl_module.SSLError, ConnectionError, TimeoutError):
             # A failed or abandoned handshake: the TLS layer does not call connection_lost.
+            if not self.closed:
+                self.listener.counts["tls_failed"] += 1
             raw.abort()
             self.listener.release(self)
             return
@@ -187,12 +221,27 @@ class AdminConnection(asyncio.Protocol):
         handler.conn = self
         self.handler = handler
         handler.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            handler.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        if self._tls and self.transport is None and self.raw is not None and self.raw.get_protocol() is self:
+            # Raw bytes before start_tls() took the socket over: the TLS layer's (_start_tls).
+            self._raw_early.append(data)
+            if sum(map(len, self._raw_early)) > _EARLY_MAX:
+                self.abort()
+            return
         if self.state is State.NEW or self.state is State.IDLE:
             self.listener.reading(self)
         if self.handler is not None:
             self.handler.data_received(data)
+        elif not self.closed:
+            # The TLS layer hands over what came with the end of the handshake before start_tls()
+            # returns: keep it for the handler (a request's headers at most).
+            self._early.append(data)
+            if sum(map(len, self._early)) > _EARLY_MAX:
+                self.abort()
 
     def eof_received(self) -> bool | None:
         if self.handler is not None:
@@ -250,8 +299,8 @@ class AdminListener:
         self._manager = manager
         self.conns: dict[AdminConnection, None] = {}
         #: What happened to connections: accepted, refused (503 at the cap), evicted (an idle one
-        #: made room for a new one), timed_out, stalled (an event stream closed), bad_requests,
-        #: internal_errors.
+        #: made room for a new one), timed_out, stalled (an event stream closed), tls_failed (a
+        #: handshake that failed), bad_requests, internal_errors.
         self.counts: Counter[str] = Counter()
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -433,4 +482,4 @@ class AdminListener:
         return {"connections": len(self.conns), "max_connections": MAX_CONNECTIONS, "busy": busy,
                 "streams": streams, "tls": self.ssl is not None,
                 **{k: self.counts[k] for k in ("accepted", "refused", "evicted", "timed_out", "stalled",
-                                               "bad_requests", "internal_errors")}}
+                                               "tls_failed", "bad_requests", "internal_errors")}}
