@@ -237,7 +237,7 @@ class Admin:
                 raise ValueError(f"q must be at most {MAX_SEARCH} characters")
         except ValueError as e:
             return _error(400, str(e))
-        total, page = self.directory.page(states=states, search=search, sort=sort, desc=desc, offset=offset,
+        total, page = await self.directory.page(states=states, search=search, sort=sort, desc=desc, offset=offset,
                                           limit=limit)
         return web.json_response({
             "server_id": self.server.server_id,

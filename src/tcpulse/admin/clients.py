@@ -10,6 +10,7 @@ it costs the page only, otherwise one pass over the clients.  Rows are built for
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from tcpulse.i18n.display import iso_ts
+from tcpulse.policy.liveness import State
 from tcpulse.server.events import Connected, Disconnected, DisconnectReason, ServerEvent, TimedOut
 from tcpulse.server.view import ClientView
 
@@ -32,6 +34,10 @@ GONE_KEEP = {"timeout": 30.0, "closed": 10.0}
 #: not grow the admin's memory by 10,000 rows.
 GONE_MAX = 1000
 LIVE_STATES = ("alive", "suspect", "dead")
+_STATE_OF = {"alive": State.ALIVE, "suspect": State.SUSPECT, "dead": State.DEAD}
+#: Clients looked at in one go by a pass over all of them (a filter, a sort, the counts): about
+#: 2 ms of the loop at 10,000 clients, then the loop runs what is due before the next slice.
+CHUNK = 2000
 STATES = (*LIVE_STATES, "gone")
 _STATE_ORDER = {"alive": 0, "suspect": 1, "dead": 2, "timeout": 3, "closed": 4}
 
@@ -213,59 +219,99 @@ class Directory:
         for cid in [cid for cid, g in gone.items() if now_mono - g.ended_mono > GONE_KEEP[g.gone_state]]:
             del gone[cid]
 
-    def page(self, *, states: set[str] | None, search: str, sort: str, desc: bool, offset: int,
-             limit: int) -> tuple[int, list[dict[str, Any]]]:
+    async def page(self, *, states: set[str] | None, search: str, sort: str, desc: bool, offset: int,
+                   limit: int) -> tuple[int, list[dict[str, Any]]]:
         """`(total matching, rows of the page)`.  `states`: None for the open clients (any of
-        LIVE_STATES); may include `gone`.  `search`: a case-insensitive part of the id or address."""
+        LIVE_STATES); may include `gone`.  `search`: a case-insensitive part of the id or address.
+
+        A filter or another order than arrival takes a pass over the clients, in slices of
+        `CHUNK` with the loop free in between: the main port never waits for more than a slice."""
         now_mono, now_wall = self.server.now(), time.time()
         self.prune(now_mono)
         live_states = set(LIVE_STATES) if states is None else states - {"gone"}
-        with_gone = states is not None and "gone" in states
-        gone = list(self.gone.values()) if with_gone else []
-        total: int
-        chosen: Iterable[Entry]
+        gone = list(self.gone.values()) if states is not None and "gone" in states else []
+        gone.sort(key=_conn_id)
+        chosen: list[Entry]
         if sort == "cid" and not search and live_states == set(LIVE_STATES):
             # Arrival order, no filter: the page is all it costs.
             total = len(self.live) + len(gone)
-            gone.sort(key=lambda g: g.conn_id)
             if desc:
                 merged: Iterable[Entry] = heapq.merge(reversed(self.live.values()), reversed(gone),
-                                                      key=lambda c: c.conn_id, reverse=True)
+                                                      key=_conn_id, reverse=True)
             else:
-                merged = heapq.merge(self.live.values(), gone, key=lambda c: c.conn_id)
+                merged = heapq.merge(self.live.values(), gone, key=_conn_id)
             chosen = list(itertools.islice(merged, offset, offset + limit))
         else:
-            key, _default = SORTS[sort]
+            # A snapshot of the open clients (views stay readable once their client has gone).
+            everyone = list(self.live.values())
             cands: list[Entry] = []
-            live: Iterable[ClientView] = self.live.values()
-            if live_states != set(LIVE_STATES):
-                live = [c for c in live if c.state.value in live_states]
-            cands.extend(live)
-            cands.extend(gone)
-            if search:
-                s = search.lower()
-                cands = [c for c in cands if s in c.name.lower() or s in c.addr.lower()]
+            want = {_STATE_OF[s] for s in live_states}
+            s = search.lower()
+            for i in range(0, len(everyone), CHUNK):
+                part: Iterable[ClientView] = everyone[i:i + CHUNK]
+                if len(want) < len(LIVE_STATES):
+                    part = [c for c in part if c.state in want]
+                if s:
+                    part = [c for c in part if s in c.name.lower() or s in c.addr.lower()]
+                cands.extend(part)
+                await _breathe(i)
+            if s:
+                gone = [g for g in gone if s in g.name.lower() or s in g.addr.lower()]
+            # Both lists are in arrival order: the sorts below are stable, so equal keys stay so.
+            cands = list(heapq.merge(cands, gone, key=_conn_id)) if gone else cands
             total = len(cands)
-            # None (no RTT yet) sorts after every number, in either order.
-            keyed = [(key(c, now_mono), c.conn_id, c) for c in cands]
-            present = [k for k in keyed if k[0] is not None]
-            missing = [k for k in keyed if k[0] is None]
-            present.sort(key=lambda k: (k[0], k[1]), reverse=desc)
-            chosen = [k[2] for k in itertools.islice(itertools.chain(present, missing), offset, offset + limit)]
+            if sort == "cid":
+                chosen = (cands[::-1] if desc else cands)[offset:offset + limit]
+            else:
+                key, _default = SORTS[sort]
+                keys: list[Any] = []
+                for i in range(0, len(cands), CHUNK):
+                    keys.extend([key(c, now_mono) for c in cands[i:i + CHUNK]])
+                    await _breathe(i)
+                pairs = list(zip(keys, cands, strict=True))
+                # None (no RTT yet) sorts after every number, in either order.
+                missing = [c for k, c in pairs if k is None]
+                if missing:
+                    pairs = [p for p in pairs if p[0] is not None]
+                want_n = offset + limit
+                if want_n < len(pairs) // 8:
+                    top = (heapq.nlargest if desc else heapq.nsmallest)(want_n, pairs, key=_first)
+                else:
+                    top = sorted(pairs, key=_first, reverse=desc)
+                chosen = list(itertools.islice(itertools.chain((c for _k, c in top), missing), offset, want_n))
         rows = [gone_row(c) if type(c) is Gone else client_row(c, now_mono, now_wall)  # type: ignore[arg-type]
                 for c in chosen]
         return total, rows
 
-    def counts(self) -> tuple[dict[str, int], int]:
-        """Open clients by state, and the messages they have sent: one pass (the feed's sample)."""
+    async def counts(self) -> tuple[dict[str, int], int]:
+        """Open clients by state, and the messages they have sent: one pass (the feed's sample),
+        in slices of `CHUNK`."""
         alive = suspect = dead = msgs = 0
-        for c in self.live.values():
-            st = c.state.value
-            if st == "alive":
-                alive += 1
-            elif st == "suspect":
-                suspect += 1
-            else:
-                dead += 1
-            msgs += c.messages
+        everyone = list(self.live.values())
+        alive_st, suspect_st = State.ALIVE, State.SUSPECT
+        for i in range(0, len(everyone), CHUNK):
+            for c in everyone[i:i + CHUNK]:
+                st = c.state
+                if st is alive_st:
+                    alive += 1
+                elif st is suspect_st:
+                    suspect += 1
+                else:
+                    dead += 1
+                msgs += c.messages
+            await _breathe(i)
         return {"alive": alive, "suspect": suspect, "dead": dead}, msgs
+
+
+async def _breathe(done: int) -> None:
+    # Between two slices of a pass, let the loop run what is due (timeouts first of all).
+    if done:
+        await asyncio.sleep(0)
+
+
+def _conn_id(c: Entry) -> int:
+    return c.conn_id
+
+
+def _first(p: tuple[Any, Entry]) -> Any:
+    return p[0]

@@ -169,7 +169,6 @@ class Feed:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        self._sample(time.time())
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
@@ -233,6 +232,7 @@ class Feed:
     # ---------------------------------------------------------------- loop
 
     async def _run(self) -> None:
+        await self._sample(time.time())
         next_sample = self.server.now() + SAMPLE_EVERY
         while True:
             await asyncio.sleep(FLUSH)
@@ -241,14 +241,14 @@ class Feed:
                 next_sample += SAMPLE_EVERY
                 if next_sample < self.server.now():  # the loop was held up: no burst of samples
                     next_sample = self.server.now() + SAMPLE_EVERY
-                sample = self._sample(time.time())
+                sample = await self._sample(time.time())
             if self.subscribers:
                 self._flush(sample)
 
-    def _sample(self, now_wall: float) -> dict[str, Any]:
+    async def _sample(self, now_wall: float) -> dict[str, Any]:
         d = self.directory
         d.prune(self.server.now())
-        counts, open_msgs = d.counts()
+        counts, open_msgs = await d.counts()
         totals = self.server.totals
         msgs = totals.get("messages", 0) + open_msgs
         dt = now_wall - self._last_t
