@@ -190,9 +190,8 @@ class _Quiet(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.hello)
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.hello)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         pass
