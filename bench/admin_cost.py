@@ -325,15 +325,15 @@ def dashboards_at_scale(n: int, dashboards: int, rounds: int, silent: int, settl
                   f"{late.get('max', 0):.1f} | {sl.get('p50_ms') or 0:.1f} / {sl.get('p99_ms') or 0:.1f} / "
                   f"{sl.get('max_ms') or 0:.1f} |", flush=True)
     off, on = results[0], results[dashboards]
-    cpu_off = statistics.median(x["cpu"] for x in off)
-    cpu_on = statistics.median(x["cpu"] for x in on)
+    # Paired by round (the two runs of a round are back to back): the machine's load drifts.
+    cpu_diff = [b["cpu"] - a["cpu"] for a, b in zip(off, on, strict=True)]
+    p99 = [(a["probes"]["p99_ms"] or 0, b["probes"]["p99_ms"] or 0) for a, b in zip(off, on, strict=True)]
     usable = [u for x in on for u in x.get("usable_s", [])]
-    p99_off = statistics.median(x["probes"]["p99_ms"] or 0 for x in off)
-    p99_on = statistics.median(x["probes"]["p99_ms"] or 0 for x in on)
-    print(f"\nmedian server CPU: {cpu_off:.1%} without, {cpu_on:.1%} with {dashboards} dashboards "
-          f"({(cpu_on - cpu_off) * 100:+.1f} points of a core); slowest page usable in "
-          f"{max(usable) if usable else float('nan'):.2f} s; probes' timeout lateness p99 (median of the rounds) "
-          f"{p99_off:.1f} ms without, {p99_on:.1f} ms with")
+    print(f"\nserver CPU with {dashboards} dashboards minus without, by round: "
+          f"{', '.join(f'{d * 100:+.1f}' for d in cpu_diff)} points of a core (median "
+          f"{statistics.median(cpu_diff) * 100:+.1f}); slowest page usable in "
+          f"{max(usable) if usable else float('nan'):.2f} s; probes' timeout lateness p99 without / with, by round: "
+          f"{', '.join(f'{a:.1f} / {b:.1f}' for a, b in p99)} ms")
 
 
 def main() -> None:
