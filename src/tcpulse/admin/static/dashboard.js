@@ -19,7 +19,7 @@
     "connected clients": "已连接客户端", "messages per second": "每秒消息数",
     "all": "全部", "gone": "已离开", "filter by id or address": "按 id 或地址筛选",
     "client": "客户端", "address": "地址", "state": "状态", "last heard": "最后收到", "connected at": "连接时间",
-    "HEARTBEATs": "心跳帧", "in": "收", "out": "发", "interval/timeout": "间隔/超时",
+    "HEARTBEATs": "心跳帧", "in / out": "收 / 发", "interval / timeout": "间隔 / 超时",
     "No clients connected.": "没有已连接的客户端。", "No clients match.": "没有匹配的客户端。", "Events": "事件",
     "new connection": "新的客户端连接", "signed in": "已登录", "is suspect: silent for": "疑似超时: 已静默",
     "is alive again": "恢复正常", "timed out: silent for": "心跳超时: 已静默", "disconnected": "已断开",
@@ -27,6 +27,7 @@
     "ago": "前", "more events not shown": "条事件未显示", "rows": "行", "of": "/",
     "This dashboard needs the admin token (--admin-token).": "此仪表盘需要管理令牌 (--admin-token)。",
     "Open": "打开", "That token was refused.": "令牌被拒绝。",
+    "Bytes received from / sent to the client (sorts by received).": "从客户端收到 / 发往客户端的字节数(按收到的排序)。",
     "Time since the client's last frame of any kind (HEARTBEAT, PING, PONG, MSG): what proves it alive.":
       "距客户端最后一帧(HEARTBEAT、PING、PONG、MSG 均算)的时间: 这才是存活的证明。",
     "HEARTBEAT frames received. A client that proves life with PING or messages (an interactive tcpulse connect) keeps this at 0: see last heard.":
@@ -137,9 +138,8 @@
 
   // ------------------------------------------------------------------ the table (a window)
 
-  const COLS = ["name", "addr", "state", "heard", "since", "heartbeats", "messages", "bytes_in", "bytes_out",
-                "rtt", "hb"];
-  const NUMERIC = new Set(["heard", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "hb"]);
+  const COLS = ["name", "addr", "state", "heard", "since", "heartbeats", "messages", "bytes", "rtt", "hb"];
+  const NUMERIC = new Set(["heard", "heartbeats", "messages", "bytes", "rtt", "hb"]);
 
   function makeRow() {
     const tr = document.createElement("tr");
@@ -175,8 +175,7 @@
     c.addr.title = r.addr;
     c.heartbeats.textContent = num(r.heartbeats);
     c.messages.textContent = num(r.messages);
-    c.bytes_in.textContent = bytes(r.bytes_in);
-    c.bytes_out.textContent = bytes(r.bytes_out);
+    c.bytes.textContent = `${bytes(r.bytes_in)} / ${bytes(r.bytes_out)}`;
     c.rtt.textContent = r.rtt_ms == null ? "-" : `${r.rtt_ms.toFixed(2)} ms`;
     c.hb.textContent = `${fmtS(r.heartbeat_interval)}/${fmtS(r.heartbeat_timeout)} s`;
     heard(tr);
