@@ -30,9 +30,10 @@ import pytest
 from tcpulse.admin import app as admin_app
 from tcpulse.admin import listener as admin_listener
 from tcpulse.admin.app import Admin
+from tcpulse.server.config import FD_RESERVE
 from tests.conftest import RawClient, tcpulse_cmd
 
-LIMIT = 256  # open files of the server under test: 156 clients (FD_RESERVE = 100)
+LIMIT = 256  # open files of the server under test: room for LIMIT - FD_RESERVE clients
 
 
 class LimitedServer:
@@ -117,7 +118,7 @@ def test_idle_admin_connections_never_take_the_main_ports_descriptors(limited: A
     # Issue 15, row 1: 1,001 idle admin connections under a limit of 1,024 made every new client
     # of the main port close without INFO, and /healthz fail.  Here: 300 under a limit of 256.
     srv = limited("--heartbeat-interval", "30", "--heartbeat-timeout", "60")
-    assert srv.max_clients == LIMIT - 100
+    assert srv.max_clients == LIMIT - FD_RESERVE
     admin_port = int(srv.url.rsplit(":", 1)[1])
     idle = flood(admin_port, 300)
     clients: list[socket.socket] = []
