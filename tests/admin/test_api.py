@@ -116,11 +116,33 @@ async def test_clients_json_states_sort_filter_page(start_server: Any, admin_for
     cids = [c["cid"] for c in page1["clients"] + page2["clients"]]
     assert cids == sorted(cids) and len(set(cids)) == 3
 
-    for bad in ("state=sleepy", "sort=colour", "limit=-1", "limit=x", "offset=1.5", "order=up"):
+    # A search by a part of the id or the address, case-insensitive, on the server.
+    found = await get(admin, "/api/clients?q=TALK")
+    assert [c["id"] for c in found["clients"]] == ["talker"] and found["total"] == 1
+    assert (await get(admin, "/api/clients?q=127.0.0.1&sort=id"))["total"] == 3
+    assert (await get(admin, "/api/clients?q=nobody"))["total"] == 0
+
+    for bad in ("state=sleepy", "sort=colour", "limit=-1", "limit=x", "offset=1.5", "order=up", "limit=%C2%B2",
+                "offset=" + "9" * 5000, "q=" + "x" * 201):
         err = await get(admin, "/api/clients?" + bad, status=400)
-        assert "error" in err
+        assert "error" in err and "Traceback" not in err["error"]
     await live.close()
+
+    # Clients that ended stay listed for a while as `gone`, with how they ended; the open ones
+    # are what /api/clients lists without a state.
     talker.close()
+    await until(lambda: srv.client("talker") is None)
+    gone = await get(admin, "/api/clients?state=gone")
+    rows = {c["id"]: c for c in gone["clients"]}
+    assert rows["talker"]["state"] == "closed" and rows["talker"]["reason"] == "eof" and "ended_at" in rows["talker"]
+    assert rows["talker"]["messages"] == 2
+    every = await get(admin, "/api/clients?state=alive,suspect,dead,gone")
+    assert {c["id"] for c in every["clients"]} >= {"silent", "talker"}
+    assert "talker" not in {c["id"] for c in (await get(admin, "/api/clients"))["clients"]}
+    # In arrival order, newest first, across open and gone.
+    desc = await get(admin, "/api/clients?state=alive,suspect,dead,gone&order=desc")
+    cids = [c["cid"] for c in desc["clients"]]
+    assert cids == sorted(cids, reverse=True) and desc["total"] == every["total"]
     silent.close()
 
 
@@ -284,58 +306,101 @@ async def test_registry_is_per_server(start_server: Any, admin_for: Any) -> None
     c.close()
 
 
-async def test_sse_feed_pushes_snapshot_then_deltas(start_server: Any, admin_for: Any) -> None:
+async def sse_messages(r: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        line = await asyncio.wait_for(r.content.readline(), 5)
+        assert line, "stream ended"
+        if line.startswith(b"data: "):
+            yield dict(json.loads(line[6:]))
+
+
+async def test_event_stream_says_hello_then_batches_events(start_server: Any, admin_for: Any) -> None:
     srv = await start_server(heartbeat_interval=200 * MS, heartbeat_timeout=600 * MS)
     admin = await admin_for(srv)
-    async with aiohttp.ClientSession() as s, s.get(admin.url + "api/events") as r:
+    early = await RawClient.open(srv.port)
+    await early.hello("early")  # before the dashboard opens: it is in the hello's recent events
+    async with aiohttp.ClientSession() as s, s.get(admin.url + "api/events/stream") as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
-
-        async def next_data() -> dict[str, Any]:
-            while True:
-                line = await asyncio.wait_for(r.content.readline(), 5)
-                assert line, "stream ended"
-                if line.startswith(b"data: "):
-                    return dict(json.loads(line[6:]))
-
-        snap = await next_data()
-        assert snap["type"] == "snapshot" and snap["clients"] == []
+        feed = sse_messages(r)
+        hello = await anext(feed)
+        assert hello["type"] == "hello" and hello["server"]["server_id"] == srv.server_id
+        assert [(e["kind"], e["name"]) for e in hello["events"]][-1] == ("hello", "early")
+        assert "clients" not in hello  # the rows are asked for a page at a time (/api/clients)
         c = await RawClient.open(srv.port)
         await c.hello("fed")
-        ops: list[dict[str, Any]] = []
-        while not any(o["op"] == "timeout" for o in ops):
-            msg = await next_data()
-            if msg["type"] == "batch":
-                ops.extend(msg["ops"])
-        kinds = [o["op"] for o in ops if o["row"]["id"] in ("fed", None)]
+        events: list[dict[str, Any]] = []
+        samples: list[dict[str, Any]] = []
+        while not samples or not any(e["kind"] == "timeout" and e["name"] == "fed" for e in events):
+            msg = await anext(feed)
+            assert msg["type"] == "batch"
+            events.extend(msg["events"])
+            if "sample" in msg:
+                samples.append(msg["sample"])
+        cid = next(e["cid"] for e in events if e["kind"] == "hello" and e["name"] == "fed")
+        kinds = [e["kind"] for e in events if e["cid"] == cid]
         # Connected (no id yet), HELLO, suspect, then timeout: in that order.
         assert kinds.index("connect") < kinds.index("hello") < kinds.index("suspect") < kinds.index("timeout")
-        to = next(o for o in ops if o["op"] == "timeout")
-        assert to["row"]["name"] == "fed" and to["silent_for"] >= 600 * MS * 0.99 and to["late_ms"] >= 0
-        assert srv.server_id == snap["server"]["server_id"]
+        to = next(e for e in events if e["kind"] == "timeout" and e["name"] == "fed")
+        assert to["silent_for"] >= 600 * MS * 0.99 and to["late_ms"] >= 0
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert samples and {"clients", "alive", "suspect", "msg_rate", "messages", "timeouts"} <= set(samples[-1])
         c.close()
+        early.close()
     await until(lambda: not admin.feed.subscribers)
 
 
+async def test_recent_events_json(start_server: Any, admin_for: Any) -> None:
+    # /api/events: the last events the admin kept (a bounded ring), oldest first.
+    from tcpulse.admin.feed import RECENT
+    srv = await start_server()
+    admin = await admin_for(srv)
+    for i in range(3):
+        c = await RawClient.open(srv.port)
+        await c.hello(f"ev-{i}")
+        c.close()
+    await until(lambda: admin.feed.seq >= 9)  # connect, hello, close each
+    data = await get(admin, "/api/events")
+    kinds = [(e["kind"], e["name"]) for e in data["events"]]
+    assert ("hello", "ev-0") in kinds and ("close", "ev-2") in kinds
+    assert data["seq"] == data["events"][-1]["seq"] == admin.feed.seq
+    two = await get(admin, "/api/events?limit=2")
+    assert [e["seq"] for e in two["events"]] == [data["seq"] - 1, data["seq"]]
+    after = await get(admin, f"/api/events?after={data['seq'] - 3}")
+    assert [e["seq"] for e in after["events"]] == [data["seq"] - 2, data["seq"] - 1, data["seq"]]
+    assert (await get(admin, "/api/events?limit=0"))["events"] == []
+    for bad in ("limit=x", f"limit={RECENT + 1}", "after=-1"):
+        assert "error" in await get(admin, "/api/events?" + bad, status=400)
+    # The ring is bounded: no more than RECENT events, whatever happened.
+    for _ in range(RECENT // 2 + 10):  # connect and close each
+        c = await RawClient.open(srv.port)
+        await c.info()
+        c.close()
+    await until(lambda: admin.feed.seq >= 9 + RECENT)
+    assert len(admin.feed.recent) == RECENT
+
+
 async def test_stalled_dashboard_is_cut_off_and_its_queue_freed() -> None:
-    # A browser that stops reading must not hold more than a bounded amount of the server's
-    # memory, counted in bytes (one message can be a megabyte with thousands of clients) and in
-    # messages; a large first message (the snapshot) still goes out.
+    # A dashboard that stops reading must not hold more than a bounded amount of the server's
+    # memory, counted in bytes and in messages; a large first message (the hello) still goes
+    # out, and the connection is closed at once (on_drop), not when its handler next runs.
     from tcpulse.admin.feed import QUEUE_MAX, QUEUE_MAX_BYTES, Subscriber
 
     big = Subscriber()
-    big.put(b"s" * (QUEUE_MAX_BYTES + 1))  # a snapshot larger than the cap: let through
+    big.put(b"s" * (QUEUE_MAX_BYTES + 1))  # a hello larger than the cap: let through
     assert not big.dropped and big.queue.qsize() == 1
     assert await big.get(1.0) == b"s" * (QUEUE_MAX_BYTES + 1) and big.queued_bytes == 0
 
-    stalled = Subscriber()
-    chunk = b"x" * (1 << 20)
+    cut: list[str] = []
+    stalled = Subscriber(on_drop=lambda: cut.append("closed"))
+    chunk = b"x" * (64 << 10)
     for _ in range(QUEUE_MAX_BYTES // len(chunk) + 5):
         stalled.put(chunk)
-    assert stalled.dropped
+    assert stalled.dropped and cut == ["closed"]
     assert stalled.queue.qsize() == 1 and stalled.queued_bytes == 0  # what it had not read: freed
     assert await stalled.get(1.0) is None  # and its stream ends (the browser reconnects)
     stalled.put(chunk)
-    assert stalled.queue.empty()
+    assert stalled.queue.empty() and cut == ["closed"]
 
     many = Subscriber()
     for _ in range(QUEUE_MAX + 1):
@@ -352,13 +417,14 @@ async def test_stalled_dashboard_is_cut_off_and_its_queue_freed() -> None:
 async def test_auth_hook_guards_all_but_healthz(start_server: Any, admin_for: Any) -> None:
     srv = await start_server()
     admin = await admin_for(srv, authorize=lambda req: req.headers.get("Authorization") == "Bearer s3cret")
-    for path in ("/api/clients", "/api/server", "/metrics", "/"):
+    for path in ("/api/clients", "/api/server", "/metrics", "/api/events", "/api/events/stream"):
         await get(admin, path, status=401)
     await get(admin, "/healthz")
-    # The page's script and style carry no data and load without the token (the browser does not
-    # send it for them); the data they fetch needs it.
+    # The page, its script and its style carry no data and load without the token (a browser
+    # cannot send a header when it opens a page; the page asks for the token); the data they
+    # fetch needs it.
     assert "EventSource" in await get(admin, "/static/dashboard.js")
-    await get(admin, "/api/events", status=401)
+    assert "dashboard.js" in await get(admin, "/")
     ok = await get(admin, "/api/server", headers={"Authorization": "Bearer s3cret"})
     assert ok["server_id"] == srv.server_id
 

@@ -513,11 +513,13 @@ def test_admin_token_guards_every_endpoint_but_healthz(server_process: Any) -> N
             return int(e.code)
 
     assert get("/healthz") == 200
-    for path in ("/api/clients", "/api/server", "/metrics", "/"):
+    for path in ("/api/clients", "/api/server", "/metrics", "/api/events", "/api/events/stream"):
         assert get(path) == 401, path
         assert get(path, "wrong") == 401, path
         assert get(path, "s3cret-tok") == 200, path
-    assert get("/api/clients?token=s3cret-tok") == 200  # the dashboard's EventSource way
+    assert get("/") == 200  # the page holds no data: it asks for the token
+    assert get("/api/clients?token=s3cret-tok") == 401  # a token in a URL: only on the event stream
+    assert get("/api/events/stream?token=s3cret-tok") == 200  # the dashboard's EventSource way
     assert proc.terminate() == 0
 
 

@@ -1,12 +1,18 @@
-"""The dashboard's live feed: server events turned into small deltas pushed over Server-Sent Events.
+"""The dashboard's live feed, and the admin's memory of recent events.
 
-A new subscriber gets one `snapshot` (every open client's row, the totals and the last minutes of
-history); after that only `batch` messages: what happened to which client (connect, hello,
-suspect, alive, timeout, close, rtt, error) as it happened, flushed every `FLUSH` seconds, and once
-a second a `sample` for the chart plus the rows whose counters moved.  Nobody polls the table.
+The feed keeps, from the server's event stream, the last `RECENT` events (connect, hello,
+suspect, alive, timeout, close, error: one small dict each; `/api/events` reads them) and ten
+minutes of one-second samples (clients by state, messages per second: the chart).  An open
+dashboard (`/api/events/stream`, Server-Sent Events) gets one `hello` (the server, the history,
+the last events) and then a `batch` every `FLUSH` seconds when something happened: the new events
+(at most `EVENTS_PER_FLUSH`; beyond, how many were left out) and, once a second, the sample.
+Nothing in it is per client: the table is a window the page asks for (`/api/clients`), so that a
+dashboard costs the same beside 10 clients as beside 10,000.
 
-Costs: with no dashboard open the feed only keeps the history (one pass over the open clients a
-second); events are turned into rows only while someone watches.
+Each message is serialized once for every dashboard.  A dashboard's queue is bounded
+(`QUEUE_MAX` messages, `QUEUE_MAX_BYTES`); when it overflows, the dashboard is cut off (`on_drop`
+closes its connection at once and what it had not read is freed); its browser reconnects by
+itself and starts again from a fresh `hello`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tcpulse.i18n import current_language
@@ -26,58 +33,35 @@ from tcpulse.server.events import (
     HelloReceived,
     ProtocolErrorOccurred,
     Recovered,
-    RttMeasured,
     ServerEvent,
     Suspect,
     TimedOut,
 )
 
 if TYPE_CHECKING:
+    from tcpulse.admin.clients import Directory
     from tcpulse.server.server import Server
-    from tcpulse.server.view import ClientView
 
-__all__ = ["Feed", "client_row"]
+__all__ = ["EVENTS_PER_FLUSH", "FLUSH", "HISTORY", "QUEUE_MAX", "QUEUE_MAX_BYTES", "RECENT", "Feed", "Subscriber"]
 
-#: Seconds between flushes of pending deltas: short enough that a suspect client shows "as it
-#: happens", long enough that a burst of connects goes out as one message.
-FLUSH = 0.2
+#: Seconds between flushes: short enough that a suspect client shows "as it happens", long enough
+#: that a burst of connects goes out as one message.
+FLUSH = 0.25
 #: Seconds between chart samples, and how many are kept (10 minutes).
 SAMPLE_EVERY = 1.0
 HISTORY = 600
-#: Messages queued for one browser before it is cut off; its EventSource reconnects by itself
-#: and starts again from a fresh snapshot, so a stalled tab never grows the server's memory.
-QUEUE_MAX = 256
-#: Bytes queued for one browser before it is cut off (with thousands of clients one message can
-#: be a megabyte).  One message is always let through, so a large snapshot still goes out.
-QUEUE_MAX_BYTES = 8 << 20
-#: Deltas held between flushes before the feed gives up on deltas and resends snapshots.
-PENDING_MAX = 5000
-
-
-def client_row(c: ClientView, now_mono: float, now_wall: float) -> dict[str, Any]:
-    """One client as `/api/clients` and the dashboard show it (docs/admin-api.md lists the fields)."""
-    s = c.snapshot(now_mono)
-    idle = s["last_heard_ago"]
-    rtt = s["rtt"]
-    return {
-        "cid": c.conn_id,
-        "id": s["id"],
-        "name": s["client"],
-        "addr": s["addr"],
-        "session": s["session"],
-        "connected_at": iso_ts(s["connected_at"]),
-        "uptime": round(max(0.0, now_wall - s["connected_at"]), 3),
-        "last_heard": iso_ts(now_wall - idle),
-        "idle": idle,
-        "state": s["state"],
-        "heartbeats": s["heartbeats"],
-        "messages": s["messages"],
-        "bytes_in": s["bytes_in"],
-        "bytes_out": s["bytes_out"],
-        "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
-        "heartbeat_interval": s["heartbeat_interval"],
-        "heartbeat_timeout": s["heartbeat_timeout"],
-    }
+#: Recent events kept (`/api/events?limit=N`, and what a dashboard shows on load: the last
+#: `HELLO_EVENTS`).
+RECENT = 1000
+HELLO_EVENTS = 100
+#: Events sent to the dashboards per flush at most: when 10,000 clients connect at once, the log
+#: shows the first of each flush and how many more there were (all of them are counted, and the
+#: last `RECENT` are kept).
+EVENTS_PER_FLUSH = 100
+#: Messages / bytes queued for one dashboard before it is cut off.  One message is always let
+#: through, so a large `hello` still goes out.
+QUEUE_MAX = 64
+QUEUE_MAX_BYTES = 1 << 20
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -86,28 +70,40 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 class Subscriber:
-    """One open dashboard.  Read with `get()` until it yields None (cut off or shutting down)."""
+    """One open dashboard.  Read with `get()` until it yields None (cut off or shutting down).
+    `on_drop` is called once if it is cut off for not keeping up."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.dropped = False
+        self.ended = False
         self.queued_bytes = 0
+        self._on_drop = on_drop
 
     def put(self, msg: bytes | None) -> None:
-        if self.dropped:
+        if self.ended:
             return
         if msg is not None and (self.queue.qsize() >= QUEUE_MAX or (
                 self.queue.qsize() and self.queued_bytes + len(msg) > QUEUE_MAX_BYTES)):
             self.dropped = True
-            # The reader may be stuck writing to a dead peer for minutes: free what it has not
-            # read now (it is of no use to it: a reconnect starts from a fresh snapshot).
+            msg = None
+        if msg is None:
+            # Free what it has not read now: of no use to it (a reconnect starts afresh).
+            self.ended = True
             while not self.queue.empty():
                 self.queue.get_nowait()
             self.queued_bytes = 0
-            msg = None
-        if msg is not None:
-            self.queued_bytes += len(msg)
+            self.queue.put_nowait(None)
+            if self.dropped and self._on_drop is not None:
+                cb, self._on_drop = self._on_drop, None
+                cb()
+            return
+        self.queued_bytes += len(msg)
         self.queue.put_nowait(msg)
+
+    def close(self) -> None:
+        """End the stream (its reader gets None next)."""
+        self.put(None)
 
     async def get(self, timeout: float) -> bytes | None:
         """The next message; TimeoutError when none comes within `timeout` seconds."""
@@ -117,18 +113,55 @@ class Subscriber:
         return msg
 
 
+def event_record(seq: int, ev: ServerEvent) -> dict[str, Any] | None:
+    """A server event as `/api/events` and the dashboard's log show it (None: not one of those)."""
+    kind = _KINDS.get(type(ev))
+    if kind is None:
+        return None
+    c = ev.client  # type: ignore[union-attr]
+    e: dict[str, Any] = {"seq": seq, "t": round(time.time(), 3), "kind": kind, "cid": c.conn_id,
+                         "name": c.name, "addr": c.addr}
+    if isinstance(ev, HelloReceived):
+        e["heartbeat_interval"] = ev.heartbeat_interval
+        e["heartbeat_timeout"] = ev.heartbeat_timeout
+    elif isinstance(ev, TimedOut):
+        e["silent_for"] = round(ev.silent_for, 3)
+        e["late_ms"] = round(ev.late_by * 1000, 3)
+    elif isinstance(ev, Suspect | Recovered):
+        e["silent_for"] = round(ev.silent_for, 3)
+    elif isinstance(ev, Disconnected):
+        e["reason"] = ev.reason.value
+        if ev.detail:
+            e["detail"] = ev.detail
+    elif isinstance(ev, ProtocolErrorOccurred):
+        e["code"] = ev.code
+        e["text"] = ev.text
+    return e
+
+
+_KINDS: dict[type, str] = {
+    Connected: "connect",
+    HelloReceived: "hello",
+    Suspect: "suspect",
+    Recovered: "alive",
+    TimedOut: "timeout",
+    Disconnected: "close",
+    ProtocolErrorOccurred: "error",
+}
+
+
 class Feed:
     """Call `on_event` for every server event; `start()` runs the flush/sample loop."""
 
-    def __init__(self, server: Server, totals: Any) -> None:
+    def __init__(self, server: Server, directory: Directory) -> None:
         self.server = server
-        #: `() -> dict` of live totals (the same figures /metrics shows).
-        self._totals = totals
+        self.directory = directory
         self.subscribers: set[Subscriber] = set()
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.seq = 0
         self._pending: list[dict[str, Any]] = []
-        self._overflow = False
-        self._sent: dict[int, tuple[Any, ...]] = {}
+        self._skipped = 0
         self._task: asyncio.Task[None] | None = None
         self._last_msgs: int | None = None
         self._last_t = 0.0
@@ -136,162 +169,107 @@ class Feed:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        self._sample(time.time())
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
         for sub in list(self.subscribers):
-            sub.put(None)
+            sub.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def subscribe(self) -> Subscriber:
-        """A new dashboard: its queue starts with a snapshot; call `unsubscribe` when it goes."""
-        sub = Subscriber()
+    def subscribe(self, on_drop: Callable[[], None] | None = None) -> Subscriber:
+        """A new dashboard: its queue starts with a `hello`; call `unsubscribe` when it goes."""
+        sub = Subscriber(on_drop)
         self.subscribers.add(sub)
-        sub.put(sse(self.snapshot()))
+        sub.put(sse(self.hello()))
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        sub.close()
         if not self.subscribers:
             self._pending.clear()
-            self._sent.clear()
+            self._skipped = 0
 
-    def snapshot(self) -> dict[str, Any]:
+    def hello(self) -> dict[str, Any]:
         srv = self.server
-        now_mono, now_wall = srv.now(), time.time()
-        rows = []
-        for c in sorted(srv.clients, key=lambda c: c.conn_id):
-            row = client_row(c, now_mono, now_wall)
-            rows.append(row)
-            self._sent[c.conn_id] = _key(c)
         return {
-            "type": "snapshot",
+            "type": "hello",
             "server": {"server_id": srv.server_id, "host": srv.host, "port": srv.port,
                        "started_at": iso_ts(srv.started_at),
                        "heartbeat_interval": srv.config.heartbeat_interval,
                        "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language()},
-            "now": iso_ts(now_wall),
-            "clients": rows,
+            "now": iso_ts(),
             "history": list(self.history),
+            "events": list(self.recent)[-HELLO_EVENTS:],
             "sample_every": SAMPLE_EVERY,
         }
+
+    def events(self, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` events, oldest first."""
+        if limit <= 0:
+            return []
+        n = len(self.recent)
+        return list(self.recent)[max(0, n - limit):]
 
     # ---------------------------------------------------------------- events
 
     def on_event(self, ev: ServerEvent) -> None:
-        if not self.subscribers:
+        if type(ev) not in _KINDS:
             return
-        t = type(ev)
-        op = _OPS.get(t)
-        if op is None:
-            return
-        c: ClientView = ev.client  # type: ignore[union-attr]
-        if len(self._pending) >= PENDING_MAX:
-            self._overflow = True
-            return
-        d: dict[str, Any] = {"op": op, "row": client_row(c, self.server.now(), time.time())}
-        if t is TimedOut:
-            assert isinstance(ev, TimedOut)
-            d["silent_for"] = round(ev.silent_for, 3)
-            d["late_ms"] = round(ev.late_by * 1000, 3)
-        elif t is Suspect:
-            assert isinstance(ev, Suspect)
-            d["silent_for"] = round(ev.silent_for, 3)
-        elif t is Disconnected:
-            assert isinstance(ev, Disconnected)
-            d["reason"] = ev.reason.value
-            if ev.detail:
-                d["detail"] = ev.detail
-            self._sent.pop(c.conn_id, None)
-        elif t is ProtocolErrorOccurred:
-            assert isinstance(ev, ProtocolErrorOccurred)
-            d["code"] = ev.code
-            d["text"] = ev.text
-        if t is not Disconnected:
-            self._sent[c.conn_id] = _key(c)
-        self._pending.append(d)
+        self.seq += 1
+        e = event_record(self.seq, ev)
+        assert e is not None
+        self.recent.append(e)
+        if self.subscribers:
+            if len(self._pending) < EVENTS_PER_FLUSH:
+                self._pending.append(e)
+            else:
+                self._skipped += 1
 
     # ---------------------------------------------------------------- loop
 
     async def _run(self) -> None:
+        await self._sample(time.time())
         next_sample = self.server.now() + SAMPLE_EVERY
         while True:
             await asyncio.sleep(FLUSH)
             sample = None
             if self.server.now() >= next_sample:
                 next_sample += SAMPLE_EVERY
-                sample = self._sample(time.time())
+                if next_sample < self.server.now():  # the loop was held up: no burst of samples
+                    next_sample = self.server.now() + SAMPLE_EVERY
+                sample = await self._sample(time.time())
             if self.subscribers:
                 self._flush(sample)
 
-    def _sample(self, now_wall: float) -> dict[str, Any]:
-        totals = self._totals()
-        counts = {"alive": 0, "suspect": 0}
-        for c in self.server.clients:
-            st = c.state.value
-            if st in counts:
-                counts[st] += 1
-        msgs = totals["messages"]
+    async def _sample(self, now_wall: float) -> dict[str, Any]:
+        d = self.directory
+        d.prune(self.server.now())
+        counts, open_msgs = await d.counts()
+        totals = self.server.totals
+        msgs = totals.get("messages", 0) + open_msgs
         dt = now_wall - self._last_t
         rate = 0.0 if self._last_msgs is None or dt <= 0 else max(0, msgs - self._last_msgs) / dt
         self._last_msgs, self._last_t = msgs, now_wall
         s = {"t": round(now_wall, 3), "clients": counts["alive"] + counts["suspect"], **counts,
-             "msg_rate": round(rate, 2), "messages": msgs, "connections": totals["connections"],
-             "timeouts": totals["timeouts"]}
+             "gone": len(d.gone), "msg_rate": round(rate, 2), "messages": msgs,
+             "connections": totals.get("connections", 0), "timeouts": totals.get("timeouts", 0)}
         self.history.append(s)
         return s
 
     def _flush(self, sample: dict[str, Any] | None) -> None:
-        if self._overflow:
-            # Too much happened at once for deltas to help: every dashboard starts afresh.
-            self._overflow = False
-            self._pending.clear()
-            snap = sse(self.snapshot())
-            for sub in list(self.subscribers):
-                sub.put(snap)
+        if not self._pending and not self._skipped and sample is None:
             return
-        ops = self._pending
-        if sample is not None:
-            ops.extend(self._changed_rows())
-        if not ops and sample is None:
-            return
-        self._pending = []
-        msg: dict[str, Any] = {"type": "batch", "ops": ops}
+        msg: dict[str, Any] = {"type": "batch", "events": self._pending}
+        if self._skipped:
+            msg["skipped"] = self._skipped
         if sample is not None:
             msg["sample"] = sample
+        self._pending = []
+        self._skipped = 0
         data = sse(msg)
         for sub in list(self.subscribers):
             sub.put(data)
-
-    def _changed_rows(self) -> list[dict[str, Any]]:
-        """Rows whose counters moved since they were last sent (once a second, while watched)."""
-        now_mono, now_wall = self.server.now(), time.time()
-        out = []
-        sent = self._sent
-        for c in self.server.clients:
-            k = _key(c)
-            if sent.get(c.conn_id) != k:
-                sent[c.conn_id] = k
-                out.append({"op": "update", "row": client_row(c, now_mono, now_wall)})
-        return out
-
-
-def _key(c: ClientView) -> tuple[Any, ...]:
-    # bytes_in moves with every frame the client sends, so it also stands for "last heard".
-    return (c.bytes_in, c.bytes_out, c.rtt, c.state)
-
-
-_OPS: dict[type, str] = {
-    Connected: "connect",
-    HelloReceived: "hello",
-    Suspect: "suspect",
-    Recovered: "alive",
-    TimedOut: "timeout",
-    Disconnected: "close",
-    RttMeasured: "rtt",
-    ProtocolErrorOccurred: "error",
-}

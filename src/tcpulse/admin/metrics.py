@@ -63,9 +63,12 @@ class AdminStats:
     """Subscribe `on_event` to the server (with `messages=False`); read `render()` for /metrics
     and `lateness()` / `errors` for /api/server."""
 
-    def __init__(self, server: Server, *, log_dropped: Callable[[], int] | None = None) -> None:
+    def __init__(self, server: Server, *, log_dropped: Callable[[], int] | None = None,
+                 http: Callable[[], dict[str, Any]] | None = None) -> None:
         self.server = server
         self._log_dropped = log_dropped
+        #: The admin port's own figures (`AdminListener.figures()`), for its metrics.
+        self.http = http or dict
         self.registry = CollectorRegistry(auto_describe=True)
         self.rtt = Histogram("tcpulse_rtt_seconds", "Round-trip time of the server's PING to a client",
                              buckets=RTT_BUCKETS, registry=self.registry)
@@ -183,3 +186,19 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily("tcpulse_queued_bytes",
                                 "Bytes queued to clients, not yet taken by their sockets (budget: --max-queued)",
                                 value=mem["queued_bytes"])
+        http = self.stats.http()
+        if http:
+            yield GaugeMetricFamily("tcpulse_admin_connections",
+                                    "Connections open to the admin endpoint (at most max_connections)",
+                                    value=http["connections"])
+            closed = CounterMetricFamily(
+                "tcpulse_admin_connections_closed",
+                "Admin connections the endpoint closed itself, by why: refused (at its cap), evicted (idle, "
+                "to make room), timed_out (headers or idle), stalled (a dashboard that stopped reading)",
+                labels=["why"])
+            for why in ("refused", "evicted", "timed_out", "stalled"):
+                closed.add_metric([why], http[why])
+            yield closed
+            yield CounterMetricFamily("tcpulse_admin_bad_requests",
+                                      "Malformed or oversized requests to the admin endpoint (answered 400)",
+                                      value=http["bad_requests"])

@@ -70,6 +70,10 @@ __all__ = ["serve"]
 @click.option("--admin-token", default=None, envvar="TCPULSE_ADMIN_TOKEN", metavar="TOKEN",
               help="Bearer token every admin endpoint but /healthz requires (env TCPULSE_ADMIN_TOKEN); "
                    "needed to serve --admin on an address other than loopback.")
+@click.option("--admin-tls-cert", default=None, metavar="FILE",
+              help="PEM certificate (chain): serve --admin over HTTPS (wanted beyond loopback; the server's "
+                   "--tls-cert may be given again).")
+@click.option("--admin-tls-key", default=None, metavar="FILE", help="PEM private key of --admin-tls-cert.")
 @click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain): serve TLS 1.2+ only.")
 @click.option("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert.")
 @click.option("--tls-client-ca", default=None, metavar="FILE",
@@ -199,7 +203,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         from tcpulse.admin.auth import admin_authorize, admin_bind_error
         from tcpulse.cli.status import AdminForServe
         token = extra.get("admin_token")
-        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(token), token=token)
+        admin = AdminForServe(server, extra["admin"], log, authorize=admin_authorize(token), token=token,
+                              tls_cert=extra.get("admin_tls_cert"), tls_key=extra.get("admin_tls_key"))
         why = admin_bind_error(admin.admin.host, token)  # no open admin port without a token
         if why is not None:
             fail(why, 2)

@@ -41,7 +41,7 @@ class AdminForServe:
     when it stops."""
 
     def __init__(self, server: Server, spec: str, log: ConsoleLog, authorize: Authorize | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         try:
             from tcpulse.admin.app import Admin, parse_admin_addr
         except ImportError as e:
@@ -54,8 +54,15 @@ class AdminForServe:
             host, port = parse_admin_addr(spec)
         except ValueError as e:
             fail(_("--admin {spec}").format(spec=e), 2)
+        from tcpulse.admin.tls import admin_ssl_context
+        try:
+            ssl_ctx = admin_ssl_context(tls_cert, tls_key)  # --admin-tls-cert/--admin-tls-key: HTTPS
+        except ValueError as e:
+            from tcpulse.cli.common import error_text
+            fail(error_text(e), 2)
         self.log = log
-        self.admin: Admin = Admin(server, host, port, authorize=authorize, log_dropped=lambda: log.dropped)
+        self.admin: Admin = Admin(server, host, port, authorize=authorize, log_dropped=lambda: log.dropped,
+                                  ssl=ssl_ctx)
 
     async def start(self) -> None:
         import errno
@@ -68,15 +75,21 @@ class AdminForServe:
                        "(port 0 picks a free one)").format(port=a.port, host=a.host))
             fail(_("cannot serve the admin endpoint on {host}:{port}: {error} (check --admin)").format(
                 host=a.host, port=a.port, error=e.strerror or e))
+        from tcpulse.i18n.display import iso_ts
         if self.log.json:
-            from tcpulse.i18n.display import iso_ts
             self.log.write_line(json.dumps({"ts": iso_ts(), "event": "admin", "url": a.url}, separators=(",", ":")))
         elif self.log.level != "quiet":
             line = _("Admin API and dashboard: {url}").format(url=a.url)
             if self.token_required:
                 # The token itself is never printed: the operator has it (--admin-token, TCPULSE_ADMIN_TOKEN).
-                line += " " + _("(admin token required: open {url}?token=TOKEN)").format(url=a.url)
+                line += " " + _("(admin token required: open {url}#token=TOKEN)").format(url=a.url)
             self.log.write_line(line)
+        if a.ssl is None and not is_loopback_host(a.host):
+            # Beyond loopback the token and every client's state would cross the network in clear.
+            warn = _("the admin endpoint on {host} is plain HTTP: its token and data cross the network in "
+                     "clear text; serve it over HTTPS with --admin-tls-cert and --admin-tls-key").format(host=a.host)
+            self.log.write_line(json.dumps({"ts": iso_ts(), "event": "warning", "text": warn}, ensure_ascii=False,
+                                           separators=(",", ":")) if self.log.json else warn)
 
     async def close(self) -> None:
         await self.admin.close()

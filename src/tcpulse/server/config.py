@@ -102,9 +102,12 @@ class ServerConfig:
         validate_limits(self)
 
 
-#: File descriptors kept back from clients: listening sockets, the store, the admin endpoint,
-#: stdio, and connections that are refused (they linger a moment to receive their ERR 503).
-FD_RESERVE = 100
+#: File descriptors kept back from clients: about 21 for the process itself (stdio, listening
+#: sockets, the store and its threads, a log file), 50 for sockets that are not clients (lingering
+#: after their last frame, or in their TLS handshake: hub.MAX_LINGERING), 8 accepted in one turn
+#: of the loop (server.ACCEPT_BATCH), 21 for the admin endpoint (admin.listener.FD_SHARE), and a
+#: margin of 28.
+FD_RESERVE = 128
 
 
 #: Default global budget for bytes of partial frames held across all connections.  20,000
