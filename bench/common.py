@@ -1,11 +1,15 @@
-"""What the benchmark scripts share: a free loopback port, waiting for a server to listen, and
-reading a process's memory from /proc."""
+"""What the benchmark scripts share: a free loopback port, waiting for a server to listen,
+reading a process's memory from /proc, and a tap on a server's JSON log."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
+import threading
 import time
+from typing import IO, Any
 
 
 def free_port() -> int:
@@ -40,3 +44,48 @@ def proc_status(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+_TAP = r"""
+import sys
+n = 0
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    n += 1
+    if b'"event":"timeout"' in line or b'"dropped_lines"' in line:
+        out.write(line)
+        out.flush()
+out.write(b"LINES %d\n" % n)
+"""
+
+
+class LogTap:
+    """Reads a server's JSON log (`stdout`, a pipe) in a process of its own, so that a busy
+    benchmark process never slows the server by not reading: passes on only the `timeout` events
+    and the dropped-lines notices, and counts every line."""
+
+    def __init__(self, stdout: IO[bytes]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _TAP], stdin=stdout, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        stdout.close()
+        self.timeouts: list[dict[str, Any]] = []
+        self.dropped = 0
+        self.lines = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(b"LINES "):
+                self.lines = int(line.split()[1])
+                continue
+            ev = json.loads(line)
+            if ev.get("event") == "timeout":
+                self.timeouts.append(ev)
+            elif ev.get("dropped_lines"):
+                self.dropped += int(ev["dropped_lines"])
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """After the server stopped: wait for the last lines."""
+        self.proc.wait(timeout)
+        time.sleep(0.1)

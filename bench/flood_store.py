@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, proc_status, wait_port  # noqa: E402
+from common import LogTap, free_port, proc_status, wait_port  # noqa: E402
 
 from tcpulse.bench.load import ingest  # noqa: E402
 
@@ -57,32 +57,14 @@ class ServerRun:
         if quiet:
             cmd.append("-q")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        # The log is read by a process of its own (this one is busy generating the load): it
-        # passes on only the lines this script needs, and the count of all of them at the end.
-        self.reader = subprocess.Popen([sys.executable, "-c", _READER], stdin=self.proc.stdout,
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.timeouts: list[dict[str, Any]] = []
-        self.dropped = 0
-        self.lines = 0
+        # The log is read by a process of its own (this one is busy generating the load).
+        self.tap = LogTap(self.proc.stdout)
         self.rss_peak = 0
         self._stop = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
         threading.Thread(target=self._sample, daemon=True).start()
         wait_port(self.port)
 
-    def _drain(self) -> None:
-        assert self.reader.stdout is not None
-        for line in self.reader.stdout:
-            if line.startswith(b"LINES "):
-                self.lines = int(line.split()[1])
-                continue
-            ev = json.loads(line)
-            if ev.get("event") == "timeout":
-                self.timeouts.append(ev)
-            elif ev.get("dropped_lines"):
-                self.dropped += int(ev["dropped_lines"])
 
     def _sample(self) -> None:
         while not self._stop.is_set() and self.proc.poll() is None:
@@ -100,22 +82,9 @@ class ServerRun:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.reader.wait(30)
-        time.sleep(0.1)
+        self.tap.wait(30)
 
 
-_READER = r"""
-import sys
-n = 0
-keep = (b'"event":"timeout"', b'"dropped_lines"')
-out = sys.stdout.buffer
-for line in sys.stdin.buffer:
-    n += 1
-    if b'"event":"timeout"' in line or b'"dropped_lines"' in line:
-        out.write(line)
-        out.flush()
-out.write(b"LINES %d\n" % n)
-"""
 
 
 
@@ -176,7 +145,8 @@ async def one(variant: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
         # The sentinels fall silent one after another over the first seconds of the flood.
         sents = start_sentinels(srv.port, a.stagger)
         res = await ingest("127.0.0.1", srv.port, a.clients, a.messages, a.size, seq=True, server_pid=srv.proc.pid)
-        out, _ = sents.communicate(timeout=120)
+        # Not blocking this loop: the flooders' sockets close in its next turns (abort() closes late).
+        out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: sents.communicate(timeout=120))
         seen = json.loads(out)
         hwm = srv.hwm()
     finally:
@@ -186,8 +156,8 @@ async def one(variant: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
     rows, distinct = con.execute("SELECT count(*), count(DISTINCT session_id || ':' || seq) FROM messages "
                                  "WHERE seq IS NOT NULL").fetchone()
     con.close()
-    flooders = [t for t in srv.timeouts if str(t.get("client", "")).startswith("ingest-")]
-    sent = [t for t in srv.timeouts if str(t.get("client", "")).startswith("sentinel-")]
+    flooders = [t for t in srv.tap.timeouts if str(t.get("client", "")).startswith("ingest-")]
+    sent = [t for t in srv.tap.timeouts if str(t.get("client", "")).startswith("sentinel-")]
     late = sorted(t["late_by"] * 1000 for t in sent)
     return {
         "variant": variant, "rate": res.rate, "elapsed": res.elapsed,
@@ -197,7 +167,7 @@ async def one(variant: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
         "late_ms_max": round(max(late), 2) if late else None,
         "bye_seen_ms_max": round(max(seen) * 1000, 2) if seen else None,
         "stored": rows, "distinct": distinct, "expected": a.clients * a.messages,
-        "log_lines": srv.lines, "log_dropped": srv.dropped,
+        "log_lines": srv.tap.lines, "log_dropped": srv.tap.dropped,
     }
 
 

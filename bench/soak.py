@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, proc_status, wait_port  # noqa: E402
+from common import LogTap, free_port, proc_status, wait_port  # noqa: E402
 
 from tcpulse.bench.load import hold  # noqa: E402
 
@@ -63,9 +63,13 @@ asyncio.run(main())
 def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
     port = free_port()
     db = os.path.join(tmp, f"soak-{kind}.db")
+    # -q --log-format json: the log holds only warnings and timeouts, whose late_by is the server's
+    # own lateness (the clients' figure includes this process's own lag beside 10,000 clients).
     srv = subprocess.Popen([sys.executable, "-m", "tcpulse", "serve", "--port", str(port), "--db", db, "-q",
-                            "--status-every", "0", "--loop", a.loop], stdout=subprocess.DEVNULL,
+                            "--log-format", "json", "--status-every", "0", "--loop", a.loop], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    assert srv.stdout is not None
+    tap = LogTap(srv.stdout)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -101,13 +105,21 @@ def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             srv.kill()
             srv.wait()
+        tap.wait(30)
+    server_late = sorted(t["late_by"] * 1000 for t in tap.timeouts)
     warm = next((r for t, r in samples if t >= a.warmup), samples[-1][1] if samples else 0)
     return {"run": kind, "clients": res.connected, "seconds": a.seconds, "false_timeouts": res.false_timeouts,
             "other_closes": res.other_closes, "silenced": a.silent, "timed_out": res.timed_out, "missed": res.missed,
             "early": res.early, "lateness_ms": res.lateness_ms,
             "rss_warm_mib": round(warm / 2**20, 1), "rss_end_mib": round(res.server_rss / 2**20, 1) if res.server_rss
             else None, "rss_peak_mib": round(max((r for _t, r in samples), default=0) / 2**20, 1),
-            "server_cpu": res.server_cpu, "ticker_late_ms": res.ticker_late_ms, "flood_acked": acked[0]}
+            "server_cpu": res.server_cpu, "ticker_late_ms": res.ticker_late_ms, "flood_acked": acked[0],
+            "server_late_ms": {"p50": _pct(server_late, 50), "p99": _pct(server_late, 99),
+                               "max": round(server_late[-1], 2) if server_late else None}}
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 2) if values else None
 
 
 def main() -> None:
@@ -127,7 +139,9 @@ def main() -> None:
             print(f"{kind:5s}: {r['clients']:,} clients {r['seconds']:g} s; RSS {r['rss_warm_mib']} MiB after "
                   f"{a.warmup:g} s, {r['rss_end_mib']} MiB at the end (peak {r['rss_peak_mib']}); false timeouts "
                   f"{r['false_timeouts']} (other closes {r['other_closes']}); {r['timed_out']}/{r['silenced']} told, "
-                  f"late p50 {late.get('p50')} p99 {late.get('p99')} max {late.get('max')} ms; server CPU "
+                  f"late (clients) p50 {late.get('p50')} p99 {late.get('p99')} max {late.get('max')} ms, (server) "
+                  f"p50 {r['server_late_ms']['p50']} p99 {r['server_late_ms']['p99']} max "
+                  f"{r['server_late_ms']['max']} ms; generator lag {r['ticker_late_ms']} ms; server CPU "
                   f"{r['server_cpu']}; flood acked {r['flood_acked']:,}", flush=True)
 
 
