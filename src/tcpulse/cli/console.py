@@ -84,6 +84,12 @@ _TEXT_UNSAFE = bytes(range(0x20)) + b"\x7f\\"
 _JSON_UNSAFE = bytes(range(0x20)) + b'"\\'
 
 
+#: Pieces of a JSON message line around a plain payload (_json_batch).
+_SIZES = [b"%d" % n for n in range(4096)]
+_TEXT_KEY = b',"text":"'
+_LINE_END = b'"}\n'
+
+
 def _bytes_format(template: str, field: str) -> bytes:
     # A str.format template with one field, as a bytes %-format (the field a %s).
     return template.replace("%", "%%").replace("{" + field + "}", "%s").encode()
@@ -225,7 +231,17 @@ class ConsoleLog:
         # The client's name and the timestamp are the same for the whole batch: each line is one
         # bytes %-format of the translated template, and a payload of plain printable ASCII (the
         # usual case) goes in as it is, never decoded; anything else takes the str path.
-        f_msg = _bytes_format(prefix + self._t_msg.replace("{client}", name) + "\n", "text")
+        t_msg = prefix + self._t_msg.replace("{client}", name) + "\n"
+        payloads = [m.payload for m in msgs]
+        joined = b"".join(payloads)
+        plain = joined.isascii() and len(joined.translate(None, _TEXT_UNSAFE)) == len(joined)
+        if plain and not dups and all(m.seq is None for m in msgs):
+            # The usual batch: unnumbered, plain ASCII. Every line is the same text around its
+            # payload: one join makes them all.
+            head, tail = (x.encode() for x in t_msg.split("{text}", 1))
+            self.sink.write(head + (tail + head).join(payloads) + tail, len(msgs))
+            return
+        f_msg = _bytes_format(t_msg, "text")
         f_seq, seq_first = _bytes_format_seq(prefix + self._t_msg_seq.replace("{client}", name) + "\n")
         out: list[bytes] = []
         append = out.append
@@ -235,7 +251,7 @@ class ConsoleLog:
             if dups and i in dups:
                 append((prefix + self._t_dup.format(seq=seq, client=name) + "\n").encode())
                 continue
-            if not (p.isascii() and len(p.translate(None, _TEXT_UNSAFE)) == len(p)):
+            if not plain and not (p.isascii() and len(p.translate(None, _TEXT_UNSAFE)) == len(p)):
                 p = self._body(p).encode()
             if seq is None:
                 append(f_msg % p)
@@ -252,18 +268,25 @@ class ConsoleLog:
         head = (f'{{"ts":"{self._stamps.iso()}","event":"message","client":{encode_basestring(c.name)},'
                 f'"addr":{encode_basestring(c.addr)},"size":').encode().replace(b"%", b"%%")
         plain_seq = head + b'%d,"seq":%d,"text":"%s"}\n'
-        plain = head + b'%d,"text":"%s"}\n'
+        head = head.replace(b"%%", b"%")
         dups = ev.duplicates
+        joined = b"".join([m.payload for m in msgs])
+        all_plain = joined.isascii() and len(joined.translate(None, _JSON_UNSAFE)) == len(joined)
         out: list[bytes] = []
-        append = out.append
+        append, extend = out.append, out.extend
         for i, m in enumerate(msgs):
             p = m.payload
             seq = m.seq
-            if not (dups and i in dups) and p.isascii() and len(p.translate(None, _JSON_UNSAFE)) == len(p):
+            if not (dups and i in dups) and (all_plain or (p.isascii()
+                                                           and len(p.translate(None, _JSON_UNSAFE)) == len(p))):
                 # Plain ASCII with nothing JSON escapes: the payload is its own JSON string.
-                append(plain % (len(p), p) if seq is None else plain_seq % (len(p), seq, p))
+                if seq is None:
+                    n = len(p)
+                    extend((head, _SIZES[n] if n < 4096 else b"%d" % n, _TEXT_KEY, p, _LINE_END))
+                else:
+                    append(plain_seq % (len(p), seq, p))
                 continue
-            line = head.replace(b"%%", b"%").decode() + str(len(p))
+            line = head.decode() + str(len(p))
             if seq is not None:
                 line += f',"seq":{seq}'
                 if dups and i in dups:
