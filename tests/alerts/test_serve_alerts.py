@@ -57,6 +57,29 @@ def test_serve_posts_alertmanager_alerts_and_runs_a_command(server_process: Any,
     assert srv.terminate() == 0
 
 
+def test_alert_counters_are_metrics(server_process: Any, tmp_path: Path) -> None:
+    import urllib.request
+    out = tmp_path / "events.jsonl"
+    srv = server_process(*FAST, "--on-event", f"cat >> {out}", "--alert-on", "timeout", "--admin", "127.0.0.1:0")
+    base = srv.wait_event("admin")["url"].rstrip("/")
+    asyncio.run(silent_then_back(srv.port, "sensor-4"))
+    end = time.monotonic() + 20
+    while not (out.exists() and out.read_text().strip()):
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    metrics = ""
+    while 'tcpulse_alerts_sent_total{sink="command"} 1.0' not in metrics:
+        assert time.monotonic() < end, metrics[-2000:]
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        time.sleep(0.05)
+    assert 'tcpulse_alerts_dropped_total{sink="command"} 0.0' in metrics
+    with urllib.request.urlopen(base + "/api/server", timeout=10) as r:
+        alerts = json.loads(r.read())["alerts"]
+    assert alerts["sent"] == 1 and alerts["sinks"][0]["name"] == "command"
+    assert srv.terminate() == 0
+
+
 def test_a_failing_webhook_is_a_warning_in_the_log_and_serving_goes_on(
         server_process: Any, threaded_receiver: ThreadedReceiver) -> None:
     threaded_receiver.receiver.answers = [500] * 3

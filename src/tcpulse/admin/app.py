@@ -279,6 +279,7 @@ class Admin:
             },
             "memory": self.stats.memory(),
             "log": {"dropped_lines": self.stats.log_dropped()},
+            "alerts": None if self.stats.alerts is None else self.stats.alerts(),
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),
             "admin": {**self._http_figures(), "max_streams": MAX_STREAMS},

@@ -67,6 +67,8 @@ class AdminStats:
                  http: Callable[[], dict[str, Any]] | None = None) -> None:
         self.server = server
         self._log_dropped = log_dropped
+        #: `() -> dict` of the alerter's counters (`tcpulse.alerts.Alerter.stats`), when alerts are on.
+        self.alerts: Callable[[], dict[str, Any]] | None = None
         #: The admin port's own figures (`AdminListener.figures()`), for its metrics.
         self.http = http or dict
         self.registry = CollectorRegistry(auto_describe=True)
@@ -180,6 +182,19 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily("tcpulse_buffered_bytes",
                                 "Bytes of partial frames held across all connections (budget: --max-buffered)",
                                 value=mem["buffered_bytes"])
+        if self.stats.alerts is not None:
+            a = self.stats.alerts()
+            for key, doc in (("sent", "Alerts delivered (webhook answered 2xx, command exited 0)"),
+                             ("failed", "Alerts given up on after their retries"),
+                             ("dropped", "Alerts dropped because their queue was full")):
+                fam = CounterMetricFamily(f"tcpulse_alerts_{key}", doc, labels=["sink"])
+                for sink in a["sinks"]:
+                    fam.add_metric([sink["name"]], sink[key])
+                yield fam
+            queued = GaugeMetricFamily("tcpulse_alerts_queued", "Alerts waiting to be delivered", labels=["sink"])
+            for sink in a["sinks"]:
+                queued.add_metric([sink["name"]], sink["queued"])
+            yield queued
         yield CounterMetricFamily("tcpulse_log_lines_dropped",
                                   "Console log lines dropped because the server's output was not read",
                                   value=self.stats.log_dropped())

@@ -209,6 +209,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         if why is not None:
             fail(why, 2)
     alerts = AlertsForServe(server, alert_opts, log)
+    if admin is not None and alerts.alerter is not None:
+        admin.admin.stats.alerts = alerts.alerter.stats  # tcpulse_alerts_* in /metrics, "alerts" in /api/server
     try:
         await _listen(server)
         # -- feature start: what runs beside the listening server (admin endpoint, alerts, ...) --
