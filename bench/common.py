@@ -47,13 +47,23 @@ def proc_status(pid: int, key: str) -> int:
 
 
 _TAP = r"""
-import sys
+import os, sys
+# Whole chunks, not lines: a server printing every message writes hundreds of MB a second.
 n = 0
+rest = b""
 out = sys.stdout.buffer
-for line in sys.stdin.buffer:
-    n += 1
-    if b'"event":"timeout"' in line or b'"dropped_lines"' in line:
-        out.write(line)
+while True:
+    chunk = os.read(0, 1 << 20)
+    if not chunk:
+        break
+    n += chunk.count(b"\n")
+    data = rest + chunk
+    cut = data.rfind(b"\n") + 1
+    rest = data[cut:]
+    if b'"event":"timeout"' in data or b'"dropped_lines"' in data:
+        for line in data[:cut].split(b"\n"):
+            if b'"event":"timeout"' in line or b'"dropped_lines"' in line:
+                out.write(line + b"\n")
         out.flush()
 out.write(b"LINES %d\n" % n)
 """

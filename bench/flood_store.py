@@ -157,6 +157,8 @@ async def one(variant: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
                                  "WHERE seq IS NOT NULL").fetchone()
     con.close()
     flooders = [t for t in srv.tap.timeouts if str(t.get("client", "")).startswith("ingest-")]
+    if flooders:
+        print("flooders timed out:", json.dumps(flooders[:3]), file=sys.stderr)
     sent = [t for t in srv.tap.timeouts if str(t.get("client", "")).startswith("sentinel-")]
     late = sorted(t["late_by"] * 1000 for t in sent)
     return {

@@ -58,6 +58,9 @@ __all__ = [
 #: Clients per loopback source address: well inside the 28,000 ephemeral ports of one address,
 #: with room for connections still in TIME_WAIT from an earlier run.
 PER_ADDRESS = 5000
+#: Seconds between the beats of an ingest client that waits for its last ACK or PONG (half the
+#: default interval: a server with the default timeout never takes it for silent).
+WAIT_BEAT = 2.5
 #: Connection attempts in flight at once (the listen backlog is 4096).
 CONNECT_CONCURRENCY = 256
 #: Beats are sent in this many slots per interval at most (one ticker for all clients).
@@ -712,7 +715,20 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
             tr.write(b"PING\r\n")
         else:
             c.send_event(Ping(ctx="end"))
+        # From here on it beats (keep_alive), as a real client with nothing more to say does: a
+        # sender done early must not be timed out while it waits for its ACK or for the slowest.
+        idle.append(c)
         return await asyncio.wait_for(c.barrier, 120.0)
+
+    idle: list[_Conn] = []
+    beat = _beat_frame(kind) if kind in (Kind.TCPULSE, Kind.FLOOR) else None
+
+    async def keep_alive() -> None:
+        while beat is not None:
+            await asyncio.sleep(WAIT_BEAT)
+            for c in idle:
+                if not c.closed_at and c.transport is not None:
+                    c.transport.write(beat)
 
     async def report() -> None:
         total = messages * len(conns)
@@ -722,12 +738,14 @@ async def ingest(host: str, port: int, clients: int, messages: int, size: int, *
 
     s0 = proc_sample(server_pid) if server_pid else None
     reporter = asyncio.ensure_future(report())
+    beater = asyncio.ensure_future(keep_alive())
     g0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     try:
         ends = await asyncio.gather(*(push(c) for c in conns))
     finally:
         reporter.cancel()
+        beater.cancel()
     t1 = max(ends)
     g1 = resource.getrusage(resource.RUSAGE_SELF)
     s1 = proc_sample(server_pid) if server_pid else None
