@@ -49,7 +49,7 @@ def proc_status(pid: int, key: str) -> int:
 _TAP = r"""
 import os, sys
 # Whole chunks, not lines: a server printing every message writes hundreds of MB a second.
-n = 0
+n = size = 0
 rest = b""
 out = sys.stdout.buffer
 while True:
@@ -57,22 +57,23 @@ while True:
     if not chunk:
         break
     n += chunk.count(b"\n")
+    size += len(chunk)
     data = rest + chunk
     cut = data.rfind(b"\n") + 1
     rest = data[cut:]
-    if b'"event":"timeout"' in data or b'"dropped_lines"' in data:
+    if b'"event":"timeout"' in data or b"lines were dropped" in data:
         for line in data[:cut].split(b"\n"):
-            if b'"event":"timeout"' in line or b'"dropped_lines"' in line:
+            if b'"event":"timeout"' in line or b"lines were dropped" in line:
                 out.write(line + b"\n")
         out.flush()
-out.write(b"LINES %d\n" % n)
+out.write(b"LINES %d %d\n" % (n, size))
 """
 
 
 class LogTap:
-    """Reads a server's JSON log (`stdout`, a pipe) in a process of its own, so that a busy
-    benchmark process never slows the server by not reading: passes on only the `timeout` events
-    and the dropped-lines notices, and counts every line."""
+    """Reads a server's log (`stdout`, a pipe) in a process of its own, so that a busy benchmark
+    process never slows the server by not reading: passes on only the `timeout` events (JSON log)
+    and the dropped-lines notices (either log), and counts every line and byte."""
 
     def __init__(self, stdout: IO[bytes]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", _TAP], stdin=stdout, stdout=subprocess.PIPE,
@@ -81,13 +82,18 @@ class LogTap:
         self.timeouts: list[dict[str, Any]] = []
         self.dropped = 0
         self.lines = 0
+        self.bytes = 0
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(b"LINES "):
-                self.lines = int(line.split()[1])
+                self.lines, self.bytes = (int(x) for x in line.split()[1:3])
+                continue
+            if not line.startswith(b"{"):  # the text log's notice: "... N log lines were dropped: ..."
+                words = line.split(b" log lines were dropped", 1)[0].split()
+                self.dropped += int(words[-1]) if words and words[-1].isdigit() else 0
                 continue
             ev = json.loads(line)
             if ev.get("event") == "timeout":
