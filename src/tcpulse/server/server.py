@@ -274,9 +274,6 @@ class Server:
         sockname = self.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         self.started_at = time.time()
-        hub.emit(Listening(cfg.host, self.port, cfg.heartbeat_interval, cfg.heartbeat_timeout, hub.store.durable))
-        for w in hub.store.warnings:  # the store's files: a directory others can write to, ...
-            hub.emit(Warning_(str(w), {"store_warning": w.kind}, error=w))
         if hub.cluster is not None:
             try:
                 await hub.cluster.start(hub)
@@ -284,6 +281,9 @@ class Server:
                 self._server.close()
                 await hub.store.close()
                 raise
+        hub.emit(Listening(cfg.host, self.port, cfg.heartbeat_interval, cfg.heartbeat_timeout, hub.store.durable))
+        for w in hub.store.warnings:  # the store's files: a directory others can write to, ...
+            hub.emit(Warning_(str(w), {"store_warning": w.kind}, error=w))
         if cfg.status_every > 0:
             self._status_task = asyncio.create_task(self._status_loop(cfg.status_every))
 
