@@ -63,7 +63,7 @@ async def test_the_view_converges_on_every_node(nodes: Any) -> None:
     want = {"dev0": "a", "dev1": "b", "dev2": "c", "dev3": "a", "dev4": "b", "dev5": "c"}
     for srv in (a, b, c):
         await until(lambda srv=srv: ids(srv) == want, what=f"{srv.node_id}'s view")
-        assert [n.node for n in srv.cluster.nodes()][0] == srv.node_id
+        assert srv.cluster.nodes()[0].node == srv.node_id
         assert sorted(n.node for n in srv.cluster.nodes()) == ["a", "b", "c"]
     # A filter for one node; states are published (suspect, alive) but not beats.
     assert ids(a, "b") == {"dev1": "b", "dev4": "b"}

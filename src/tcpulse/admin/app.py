@@ -26,10 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
+from tcpulse.admin.cluster import ClusterCollector, ClusterRoutes, cluster_summary
 from tcpulse.admin.feed import Feed, client_row
 from tcpulse.admin.metrics import AdminStats, live_totals, state_counts
 from tcpulse.i18n.display import iso_ts
-from tcpulse.server.events import ServerEvent
+from tcpulse.server.events import ServerEvent, Warning_
 from tcpulse.server.server import Server
 from tcpulse.server.view import ClientView, format_addr
 from tcpulse.version import __version__
@@ -91,7 +92,7 @@ def parse_admin_addr(text: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
-class Admin:
+class Admin(ClusterRoutes):
     """The admin endpoint of one `Server`.  Create it before or after `server.start()` (events
     before it is created are not counted), then `await start()`; `await close()` when done."""
 
@@ -105,6 +106,9 @@ class Admin:
         self.stats = AdminStats(server, log_dropped=log_dropped)
         self.feed = Feed(server, lambda: live_totals(server))
         self._unsubscribe = server.subscribe(self._on_event, messages=False, heartbeats=False)
+        # -- cluster (admin/cluster.py): the other nodes' changes in the feed, tcpulse_cluster_* --
+        self._unsubscribe_cluster = server.cluster.subscribe(self.feed.on_cluster_change)
+        self.stats.registry.register(ClusterCollector(server))
         self._runner: web.AppRunner | None = None
         self.app = self._make_app()
 
@@ -130,6 +134,7 @@ class Admin:
 
     async def close(self) -> None:
         self._unsubscribe()
+        self._unsubscribe_cluster()
         await self.feed.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
@@ -148,6 +153,8 @@ class Admin:
     def _on_event(self, ev: ServerEvent) -> None:
         self.stats.on_event(ev)
         self.feed.on_event(ev)
+        if isinstance(ev, Warning_) and "cluster" in ev.fields:  # -- cluster: stale or current again --
+            self.feed.resend_snapshot()
 
     # ---------------------------------------------------------------- app
 
@@ -159,6 +166,9 @@ class Admin:
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        # -- cluster (admin/cluster.py) --
+        app.router.add_get("/api/nodes", self._nodes)
+        app.router.add_post("/api/clients/{id}/send", self._send)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         return app
 
@@ -203,6 +213,8 @@ class Admin:
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
         srv = self.server
+        if srv.cluster.enabled or q.get("node"):
+            return self._cluster_clients(q.get("node") or None, states, q.get("sort", "cid"), desc, limit, offset)
         now_mono, now_wall = srv.now(), time.time()
         conns = srv.clients
         if states is not None:
@@ -257,6 +269,7 @@ class Admin:
             "log": {"dropped_lines": self.stats.log_dropped()},
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),
+            **({"cluster": cluster_summary(srv)} if srv.cluster.enabled else {}),
         })
 
     async def _metrics(self, request: web.Request) -> web.Response:

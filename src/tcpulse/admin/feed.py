@@ -168,12 +168,21 @@ class Feed:
             row = client_row(c, now_mono, now_wall)
             rows.append(row)
             self._sent[c.conn_id] = _key(c)
+        cluster = None
+        if srv.cluster.enabled:  # -- cluster: every node's clients, each with its node --
+            from tcpulse.admin.cluster import all_rows, cluster_summary
+            node = srv.cluster.node_id
+            for row in rows:
+                row["node"] = node
+            rows.extend(r for r in all_rows(srv) if r["node"] != node)
+            cluster = cluster_summary(srv)
         return {
             "type": "snapshot",
             "server": {"server_id": srv.server_id, "host": srv.host, "port": srv.port,
                        "started_at": iso_ts(srv.started_at),
                        "heartbeat_interval": srv.config.heartbeat_interval,
-                       "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language()},
+                       "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language(),
+                       **({"cluster": cluster} if cluster is not None else {})},
             "now": iso_ts(now_wall),
             "clients": rows,
             "history": list(self.history),
@@ -214,6 +223,20 @@ class Feed:
         if t is not Disconnected:
             self._sent[c.conn_id] = _key(c)
         self._pending.append(d)
+
+    def resend_snapshot(self) -> None:
+        """Every dashboard starts afresh at the next flush (the cluster view went stale or current)."""
+        self._overflow = True
+
+    def on_cluster_change(self, ch: Any) -> None:
+        """Another node's client changed (`ClusterChange`, server/cluster.py): a delta like ours."""
+        if not self.subscribers:
+            return
+        if len(self._pending) >= PENDING_MAX:
+            self._overflow = True
+            return
+        from tcpulse.admin.cluster import change_op
+        self._pending.append(change_op(ch))
 
     # ---------------------------------------------------------------- loop
 

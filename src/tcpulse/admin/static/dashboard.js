@@ -20,6 +20,7 @@
     "is alive again": "恢复正常", "timed out: silent for": "心跳超时: 已静默", "disconnected": "已断开",
     "protocol error": "协议错误", "showing": "显示", "of": "/", "late": "延迟",
     "heartbeat": "心跳", "timeout": "超时", "now": "现在", "last minutes": "最近几分钟",
+    "node": "节点", "nodes": "节点", "cluster view stale": "集群视图已过期",
   };
   const T = (s) => (lang === "zh" && ZH[s]) || s;
 
@@ -58,8 +59,9 @@
 
   // ------------------------------------------------------------------ rows
 
-  const COLS = ["name", "addr", "state", "idle", "connected_at", "heartbeats", "messages",
+  const COLS = ["name", "node", "addr", "state", "idle", "connected_at", "heartbeats", "messages",
                 "bytes_in", "bytes_out", "rtt", "hb"];
+  let localNode = "";                // in a cluster: this node (rows without `node` are its own)
   const NUMERIC = new Set(["idle", "heartbeats", "messages", "bytes_in", "bytes_out", "rtt", "hb"]);
 
   function makeRow(rec) {
@@ -69,6 +71,7 @@
     for (const c of COLS) {
       const td = document.createElement("td");
       if (NUMERIC.has(c)) td.className = "num";
+      if (c === "node") td.className = "node-col";
       tr.appendChild(td);
       cells[c] = td;
     }
@@ -87,15 +90,17 @@
     rec.tr.dataset.name = d.name;
     rec.tr.dataset.state = rec.state;
     c.name.textContent = d.name;
+    c.node.textContent = d.node || localNode;
     c.addr.textContent = d.addr;
     c.badge.className = "badge " + rec.state;
     c.badge.textContent = stateText(rec.state);
     if (rec.detail) c.badge.title = rec.detail;
     c.connected_at.textContent = dateTime(d.connected_at);
-    c.heartbeats.textContent = num(d.heartbeats);
-    c.messages.textContent = num(d.messages);
-    c.bytes_in.textContent = bytes(d.bytes_in);
-    c.bytes_out.textContent = bytes(d.bytes_out);
+    // Another node's client: its counters are its node's to tell (null here).
+    c.heartbeats.textContent = d.heartbeats == null ? "-" : num(d.heartbeats);
+    c.messages.textContent = d.messages == null ? "-" : num(d.messages);
+    c.bytes_in.textContent = d.bytes_in == null ? "-" : bytes(d.bytes_in);
+    c.bytes_out.textContent = d.bytes_out == null ? "-" : bytes(d.bytes_out);
     c.rtt.textContent = d.rtt_ms == null ? "-" : `${d.rtt_ms.toFixed(2)} ms`;
     c.hb.textContent = `${d.heartbeat_interval}/${d.heartbeat_timeout} s`;
     renderIdle(rec);
@@ -105,8 +110,9 @@
   function renderIdle(rec) {
     if (!rec.tr) return;
     // A gone client's idle time stops where it went (for a timeout: how long it was silent).
+    if (rec.data.idle == null && OPEN.has(rec.state)) { rec.cells.idle.textContent = "-"; return; }
     const idle = OPEN.has(rec.state) ? nowS() - rec.heardAt : rec.goneIdle;
-    rec.cells.idle.textContent = `${Math.max(0, idle).toFixed(1)} s`;
+    rec.cells.idle.textContent = `${Math.max(0, idle || 0).toFixed(1)} s`;
   }
 
   function applyFilter(rec) {
@@ -115,7 +121,8 @@
     let show = filter === "all" || (filter === "gone" ? !OPEN.has(st) : st === filter);
     if (show && search) {
       const d = rec.data;
-      show = d.name.toLowerCase().includes(search) || d.addr.toLowerCase().includes(search);
+      show = d.name.toLowerCase().includes(search) || d.addr.toLowerCase().includes(search) ||
+             (d.node || localNode).toLowerCase().includes(search);
     }
     rec.tr.hidden = !show;
   }
@@ -232,6 +239,19 @@
       $("#server-id").textContent = s.server_id;
       $("#server-info").textContent = `${s.host}:${s.port} · ${T("heartbeat")} ${s.heartbeat_interval} s · ` +
                                        `${T("timeout")} ${s.heartbeat_timeout} s`;
+      if (s.cluster) {  // a cluster: the node column, the nodes, and whether the view is stale
+        localNode = s.cluster.node;
+        $("#clients").classList.add("cluster");
+        const span = document.createElement("span");
+        span.textContent = ` · ${T("node")} ${s.cluster.node} · ${s.cluster.nodes} ${T("nodes")}`;
+        $("#server-info").append(span);
+        if (s.cluster.stale) {
+          const st = document.createElement("span");
+          st.className = "stale";
+          st.textContent = ` · ${T("cluster view stale")}`;
+          $("#server-info").append(st);
+        }
+      }
       // Keep gone rows for their last seconds; everything open comes from the snapshot.
       const seen = new Set(msg.clients.map((r) => r.cid));
       for (const [cid, rec] of rows) if (OPEN.has(rec.state) && !seen.has(cid)) remove(cid);
