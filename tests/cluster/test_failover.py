@@ -145,6 +145,9 @@ async def test_postgres_and_redis_restarted_mid_run(redis: Redis, postgres: Post
         assert got == f"{6 * MESSAGES}|{6 * MESSAGES}", got
         # Both nodes said the store failed and recovered, and that the cluster went stale and back.
         for p in procs:
+            end = time.monotonic() + 20
+            while not any("cluster reachable again" in e.get("text", "") for e in p.events):
+                p.next_event(max(0.1, end - time.monotonic()))
             p.terminate()
             texts = [e.get("text", "") for e in p.rest_of_stdout() + p.events if e.get("event") == "warning"]
             assert any("cannot write" in t for t in texts), texts

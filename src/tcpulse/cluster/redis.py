@@ -59,8 +59,10 @@ MAX_PENDING = 100_000
 MAX_OUTGOING = 64 << 20
 #: Requests taken from the inbox at once.
 INBOX_BATCH = 1000
-#: Rows per pipeline when republishing or reading a snapshot.
+#: Rows per pipeline when republishing or reading a snapshot, and claims per pipeline.
 CHUNK = 1000
+#: Connections to Redis besides the lease's own (one of them held by the subscription).
+POOL_SIZE = 8
 
 
 class ClusterError(TcpulseError):
@@ -104,6 +106,9 @@ class RedisCluster:
         self.fenced = 0
         self._host: ClusterHost | None = None
         self._r: aioredis.Redis | None = None
+        self._lease_r: aioredis.Redis | None = None
+        self._claims: list[tuple[str, int, asyncio.Future[tuple[int, str, str | None]]]] = []
+        self._claiming = False
         self._pubsub: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -143,9 +148,17 @@ class RedisCluster:
             raise ClusterError("bad-node-id", N_("node id {node} must be 1-64 letters, digits, '.', '_' or '-': "
                                                  "choose another --node-id"), node=repr(self.node))
         self.view.enabled = True
-        self._r = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout,
-                                          socket_connect_timeout=self.op_timeout, retry=Retry(NoBackoff(), 0),
-                                          health_check_interval=0)
+        # A bounded pool: a storm of HELLOs waits for a connection instead of opening thousands
+        # (each one a descriptor the clients need); the lease has a connection of its own, so that
+        # its renewal never queues behind bulk work.
+        opts: dict[str, Any] = {"socket_timeout": self.op_timeout, "socket_connect_timeout": self.op_timeout,
+                                "health_check_interval": 0}
+        pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=POOL_SIZE, timeout=self.op_timeout,
+                                                        **opts)
+        self._r = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        lease_pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=2, timeout=self.op_timeout,
+                                                              **opts)
+        self._lease_r = aioredis.Redis(connection_pool=lease_pool, retry=Retry(NoBackoff(), 0))
         for name in ("CLAIM", "UPDATE", "REMOVE", "RECLAIM", "GONE", "BUMP_EPOCH"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
         try:
@@ -153,6 +166,7 @@ class RedisCluster:
             await self._join(first=True)
         except (RedisError, OSError) as e:
             await self._r.aclose()
+            await self._lease_r.aclose()
             raise ClusterError("unreachable", N_("cannot reach the cluster at {url}: {error} (is Redis running? "
                                                  "check --cluster)"), url=_redact(self.url), error=_one_line(e)) from e
         self._unsubscribe = host.subscribe_rare(self._on_event)
@@ -187,6 +201,9 @@ class RedisCluster:
                 await self._pubsub.aclose()
         with contextlib.suppress(Exception):
             await r.aclose()
+        with contextlib.suppress(Exception):
+            if self._lease_r is not None:
+                await self._lease_r.aclose()
 
     def _start_loops(self) -> None:
         self._loops = [asyncio.ensure_future(self._lease_loop()), asyncio.ensure_future(self._listen())]
@@ -220,7 +237,7 @@ class RedisCluster:
 
     async def _renew(self) -> bool:
         """Renew the lease; False if it had run out (others may have declared this node gone)."""
-        r = self._r
+        r = self._lease_r
         assert r is not None
         p = r.pipeline(transaction=False)
         p.set(self._k("lease", self.node), self._lease_value(), px=int(self.lease_ttl * 1000), get=True)
@@ -342,6 +359,8 @@ class RedisCluster:
                 assert self._r is not None
                 # Connections in the pool went with the old server: a command on one fails once.
                 await self._r.connection_pool.disconnect()
+                assert self._lease_r is not None
+                await self._lease_r.connection_pool.disconnect()
                 await self._r.ping()
                 await self._join(first=False)
             except (RedisError, OSError):
@@ -371,41 +390,42 @@ class RedisCluster:
         self._in_redis.clear()
         for i in range(0, len(rows), CHUNK):
             chunk = rows[i:i + CHUNK]
-            claims: list[tuple[dict[str, Any], str]] = []
+            p = r.pipeline(transaction=False)
+            sent: list[tuple[dict[str, Any], bool]] = []
             for row in chunk:
                 conn, cid = row["cid"], row["id"]
+                ev = json.dumps({"n": self.node, "op": "hello" if cid else "connect", "k": str(conn), "row": row})
                 if cid is None:
-                    claims.append((row, ""))
+                    p.hset(clients, str(conn), json.dumps(row))
+                    p.publish(self._events, ev)
+                    sent.append((row, False))
                     continue
                 held = self._tokens.get(conn)
-                if held is None or held[0] != cid:
-                    epoch = await r.incr(self._k("epoch"))
-                    self._max_epoch = max(self._max_epoch, epoch)
-                    token = f"{epoch} {self.node} {self.run} {conn}"
-                    self._tokens[conn] = (cid, token)
-                self._unclaimed.discard(conn)
-                claims.append((row, self._tokens[conn][1]))
-            p = r.pipeline(transaction=False)
-            for row, token in claims:
-                ev = json.dumps({"n": self.node, "op": "hello" if row["id"] else "connect", "k": str(row["cid"]),
-                                 "row": row})
-                if token:
-                    await self._scripts["RECLAIM"](keys=[self._k("owner", row["id"]), clients],
-                                             args=[token, str(row["cid"]), json.dumps(row), self._k("lease", ""), ev,
-                                                   self._events], client=p)
-                else:
-                    p.hset(clients, str(row["cid"]), json.dumps(row))
-                    p.publish(self._events, ev)
+                token = held[1] if held is not None and held[0] == cid else ""
+                await self._scripts["RECLAIM"](
+                    keys=[self._k("owner", cid), clients, self._k("epoch")],
+                    args=[token, self.node, self.run, conn, str(conn), json.dumps(row), self._k("lease", ""), ev,
+                          self._events], client=p)
+                sent.append((row, True))
             results = await p.execute()
             j = 0
-            for row, token in claims:
-                ok = results[j]
-                j += 1 if token else 2
-                if token and not ok:
-                    self.fenced += 1
-                    self._host.fenced_out(row["cid"])
+            for row, fenced in sent:
+                conn = row["cid"]
+                if not fenced:
+                    j += 2
+                    self._in_redis.add(conn)
+                    continue
+                ok, token = results[j]
+                j += 1
+                token = token.decode() if isinstance(token, bytes) else str(token)
+                self._tokens[conn] = (row["id"], token)
+                self._unclaimed.discard(conn)
+                self._note_epoch(token)
+                if ok:
+                    self._in_redis.add(conn)
                 else:
-                    self._in_redis.add(row["cid"])
+                    self.fenced += 1
+                    self._host.fenced_out(conn)
         del reset
 
     # ---------------------------------------------------------------- claims (takeover)
@@ -415,23 +435,23 @@ class RedisCluster:
             # Redis is away: the node serves on; the id is claimed when it is back (resync).
             self._unclaimed.add(conn_id)
             return True
-        r = self._r
-        assert r is not None and self._host is not None
+        assert self._host is not None
+        fut: asyncio.Future[tuple[int, str, str | None]] = asyncio.get_running_loop().create_future()
+        self._claims.append((client_id, conn_id, fut))
+        if not self._claiming:
+            self._claiming = True
+            self._spawn(self._claim_batches())
         try:
-            epoch = int(await r.incr(self._k("epoch")))
-            self._max_epoch = max(self._max_epoch, epoch)
-            token = f"{epoch} {self.node} {self.run} {conn_id}"
-            won, prev = await self._scripts["CLAIM"](keys=[self._k("owner", client_id)], args=[epoch, token])
-        except (RedisError, OSError) as e:
-            self._down(e)
-            self._unclaimed.add(conn_id)
+            won, token, prev = await fut
+        except (RedisError, OSError):
+            self._unclaimed.add(conn_id)  # Redis went away meanwhile: claimed when it is back
             return True
+        self._note_epoch(token)
         if not won:
             return False
         self._tokens[conn_id] = (client_id, token)
         if prev is None:
             return True
-        prev = prev.decode() if isinstance(prev, bytes) else str(prev)
         parts = prev.split(" ")
         if len(parts) != 4:
             return True
@@ -441,6 +461,39 @@ class RedisCluster:
                 await self._host.release(int(pconn))
             return True
         return await self._wait_release(client_id, pnode, prun, int(pconn), token)
+
+    async def _claim_batches(self) -> None:
+        """The claims of this loop iteration (a storm of HELLOs after a restart: thousands) go to
+        Redis in pipelines of CHUNK, not one round trip each."""
+        await asyncio.sleep(0)
+        try:
+            while self._claims:
+                batch, self._claims = self._claims[:CHUNK], self._claims[CHUNK:]
+                r = self._r
+                assert r is not None
+                try:
+                    p = r.pipeline(transaction=False)
+                    for client_id, conn_id, _fut in batch:
+                        await self._scripts["CLAIM"](keys=[self._k("owner", client_id), self._k("epoch")],
+                                                     args=[self.node, self.run, conn_id], client=p)
+                    results = await p.execute()
+                except (RedisError, OSError) as e:
+                    for _c, _n, fut in [*batch, *self._claims]:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    self._claims = []
+                    self._down(e)
+                    return
+                for (_c, _n, fut), (won, token, prev) in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result((int(won), _text(token), None if prev is None else _text(prev)))
+        finally:
+            self._claiming = False
+
+    def _note_epoch(self, token: str) -> None:
+        head = token.split(" ", 1)[0]
+        if head.isdigit():
+            self._max_epoch = max(self._max_epoch, int(head))
 
     async def _wait_release(self, client_id: str, node: str, run: str, conn: int, token: str) -> bool:
         """Ask `node` to release `conn` and wait for its answer, or for its lease to run out."""
@@ -713,6 +766,10 @@ class RedisCluster:
             self._flushing = True
             self._spawn(self._flush_soon())
         return True
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _node_row(node: str, lease: Any) -> NodeRow:

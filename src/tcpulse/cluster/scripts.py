@@ -1,8 +1,8 @@
 """The Lua scripts of the Redis backend: each runs atomically in Redis, so that a check and the
 write it guards cannot be split by another node (docs/cluster.md, "Fencing").
 
-An ownership token is `"<epoch> <node> <run> <conn>"`: `epoch` from `INCR <prefix>:epoch` (it only
-grows), the node's name, a random id of the node's process (a node restarted under the same name
+An ownership token is `"<epoch> <node> <run> <conn>"`: `epoch` from `INCR <prefix>:epoch` inside the
+script (it only grows), the node's name, a random id of the node's process (a node restarted under the same name
 is another run), and the connection's number in that process.
 """
 
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 __all__ = ["BUMP_EPOCH", "CLAIM", "GONE", "RECLAIM", "REMOVE", "UPDATE"]
 
-#: KEYS: owner.  ARGV: epoch, token.  A HELLO's claim: it takes the id unless a newer claim
-#: (higher epoch) holds it.  Returns {1, previous token or nil} or {0, the newer token}.
+#: KEYS: owner, epoch.  ARGV: node, run, conn.  A HELLO's claim: a new epoch (`INCR`), and the
+#: id taken unless a newer claim (higher epoch) holds it.  Returns {1, token, previous token or
+#: nil} or {0, token, the newer token}.
 CLAIM = """
+local e = redis.call('INCR', KEYS[2])
+local token = e .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3]
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local e = tonumber(string.match(cur, '^(%d+) '))
-  if e and e > tonumber(ARGV[1]) then return {0, cur} end
+  local ce = tonumber(string.match(cur, '^(%d+) '))
+  if ce and ce > e then return {0, token, cur} end
 end
-redis.call('SET', KEYS[1], ARGV[2])
-return {1, cur}
+redis.call('SET', KEYS[1], token)
+return {1, token, cur}
 """
 
 #: KEYS: clients hash, owner.  ARGV: field, row, token ('' for a client without HELLO), event,
@@ -50,20 +53,24 @@ redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
-#: KEYS: owner, clients hash.  ARGV: token, field, row, lease key prefix, event, channel.  After
-#: a reconnect, a client of this node takes its id back unless another node that is alive (its
-#: lease exists) took it meanwhile.  Returns 1, or 0 when it lost it.
+#: KEYS: owner, clients hash, epoch.  ARGV: token ('' for a new one), node, run, conn, field, row,
+#: lease key prefix, event, channel.  After a reconnect, a client of this node takes its id back
+#: unless another node that is alive (its lease exists) took it meanwhile.  Returns {1, token} or
+#: {0, token} when it lost it.
 RECLAIM = """
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then
-  local node = string.match(cur, '^%d+ (%S+) ')
-  local mine = string.match(ARGV[1], '^%d+ (%S+) ')
-  if node and node ~= mine and redis.call('EXISTS', ARGV[4] .. node) == 1 then return 0 end
+local token = ARGV[1]
+if token == '' then
+  token = redis.call('INCR', KEYS[3]) .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4]
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('PUBLISH', ARGV[6], ARGV[5])
-return 1
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= token then
+  local node = string.match(cur, '^%d+ (%S+) ')
+  if node and node ~= ARGV[2] and redis.call('EXISTS', ARGV[7] .. node) == 1 then return {0, token} end
+end
+redis.call('SET', KEYS[1], token)
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+redis.call('PUBLISH', ARGV[9], ARGV[8])
+return {1, token}
 """
 
 #: KEYS: lease, clients hash, nodes set.  ARGV: node, owner key prefix, event, channel.  Declare
