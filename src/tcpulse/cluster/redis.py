@@ -206,7 +206,8 @@ class RedisCluster:
                 await self._lease_r.aclose()
 
     def _start_loops(self) -> None:
-        self._loops = [asyncio.ensure_future(self._lease_loop()), asyncio.ensure_future(self._listen())]
+        self._loops = [asyncio.ensure_future(self._lease_loop()), asyncio.ensure_future(self._maintain_loop()),
+                       asyncio.ensure_future(self._listen())]
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         t = asyncio.ensure_future(coro)
@@ -246,16 +247,38 @@ class RedisCluster:
         return old is not None
 
     async def _lease_loop(self) -> None:
+        """Renew the lease on the dot, and nothing else: the lease must never wait behind bulk
+        work (a republish of 20,000 rows, a snapshot of another node), or a busy node would be
+        declared gone and republish again, and again."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(self.renew_every)
+            next_at += self.renew_every
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at, loop.time() - self.renew_every)  # after a stall, no burst of renewals
             try:
                 if not await self._renew():
-                    # The lease ran out (this process was stopped, or Redis was slow): the others
-                    # may have freed this node's ids.  Take back what is still ours.
+                    # The lease ran out (this process was stopped, or too slow): the others may
+                    # have freed this node's ids.  The maintenance loop takes back what is ours.
                     assert self._host is not None
                     self._host.warn(f"cluster lease of {self.node} had run out: publishing this node's clients "
                                     "again", {"cluster": "lease-lost"})
-                    await self._republish(reset=True)
+                    self._resync_needed = True
+            except (RedisError, OSError) as e:
+                self._down(e)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not end presence silently: reported, and started again
+                self._down(e)
+                return
+
+    async def _maintain_loop(self) -> None:
+        """Every renewal period: republish if needed, look at the other nodes' leases, read the
+        inbox (in case a nudge was lost)."""
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
                 if self._resync_needed:
                     await self._republish(reset=True)
                 await self._check_nodes()
@@ -265,7 +288,7 @@ class RedisCluster:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a bug must not end presence silently: reported, and started again
+            except Exception as e:  # as in _lease_loop
                 self._down(e)
                 return
 
@@ -705,9 +728,15 @@ class RedisCluster:
         r = self._r
         assert r is not None and self._host is not None
         while self._pending or self._outgoing:
-            pending, self._pending = self._pending, {}
-            outgoing, self._outgoing = self._outgoing, []
-            self._outgoing_bytes = 0
+            # At most CHUNK changes per pipeline: Redis serves the other nodes (and their lease
+            # renewals) between two, and this loop runs its timers between two.
+            if len(self._pending) > CHUNK:
+                keys = list(self._pending)[:CHUNK]
+                pending = {k: self._pending.pop(k) for k in keys}
+            else:
+                pending, self._pending = self._pending, {}
+            outgoing, self._outgoing = self._outgoing[:CHUNK], self._outgoing[CHUNK:]
+            self._outgoing_bytes = sum(len(d) for _c, d in self._outgoing)
             p = r.pipeline(transaction=False)
             order: list[tuple[int, str]] = []
             clients = self._k("clients", self.node)
