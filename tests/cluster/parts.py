@@ -102,10 +102,15 @@ class Redis:
 
 class Postgres:
     """A PostgreSQL cluster of its own (initdb) on 127.0.0.1, run as `nobody`, trust auth, fsync
-    off (the tests test tcpulse, not the disk).  `url` names its `tcpulse` database."""
+    off (the tests test tcpulse, not the disk; `durable=True` keeps PostgreSQL's defaults, for
+    benchmarks, and `synchronous_commit` sets that).  `url` names its `tcpulse` database."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False,
+                 synchronous_commit: str | None = None) -> None:
         self.port = port or free_port()
+        self.durable = durable
+        self.synchronous_commit = synchronous_commit if synchronous_commit is not None else (
+            "on" if durable else "off")
         self.dir = tempfile.mkdtemp(prefix="tcpulse-pg-")
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
@@ -134,10 +139,11 @@ class Postgres:
         else:
             created = False
         log = open(os.path.join(self.dir, "log"), "ab")
+        fast = [] if self.durable else ["-c", "fsync=off", "-c", "full_page_writes=off"]
         self.proc = subprocess.Popen(
             self._cmd(postgres, "-D", self.data, "-p", str(self.port), "-k", self.dir, "-c",
-                      "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                      "-c", "full_page_writes=off", "-c", "max_connections=200"),
+                      "listen_addresses=127.0.0.1", "-c", f"synchronous_commit={self.synchronous_commit}",
+                      "-c", "max_connections=200", *fast),
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.dir)
         log.close()
         _wait_port(self.port, self.proc, "postgres")

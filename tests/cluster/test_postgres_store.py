@@ -158,3 +158,22 @@ async def test_history_and_messages_read_postgres(start_server: Any, postgres: P
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "reader" in out.stdout
+
+
+async def test_a_row_stored_behind_the_stores_back_is_skipped_not_fatal(start_server: Any, postgres: Postgres) -> None:
+    # A seq the store did not expect to find (written by something that ignored the session's
+    # lock): the fast path (COPY) meets the unique index, the batch is stored again with
+    # ON CONFLICT DO NOTHING, and the store goes on; the row is not stored twice.
+    srv = await start_server(store=PostgresStore(postgres.url))
+    c = await RawClient.open(srv.port)
+    await c.hello("odd", session="s")
+    await c.send(msgs(1, 2))
+    await ack_upto(c, 2)
+    sid = postgres.psql("SELECT id FROM sessions WHERE client_id = 'odd'")
+    postgres.psql(f"INSERT INTO messages(session_id, seq, received_at, payload) VALUES ({sid}, 5, 0, 'planted')")
+    await c.send(msgs(3, 10))
+    await ack_upto(c, 10)
+    assert stored(postgres, "odd", "s") == list(range(1, 11))
+    assert postgres.psql(f"SELECT payload FROM messages WHERE session_id = {sid} AND seq = 5") == "\\x706c616e746564"
+    assert not srv.store.failing
+    c.close()

@@ -96,6 +96,8 @@ class Admin(ClusterRoutes):
     """The admin endpoint of one `Server`.  Create it before or after `server.start()` (events
     before it is created are not counted), then `await start()`; `await close()` when done."""
 
+    local_row = staticmethod(client_row)  # -- cluster: how this node's rows look (admin/cluster.py) --
+
     def __init__(self, server: Server, host: str = "127.0.0.1", port: int = DEFAULT_ADMIN_PORT, *,
                  authorize: Authorize | None = None, log_dropped: Callable[[], int] | None = None) -> None:
         self.server = server

@@ -11,19 +11,22 @@ messages, bytes, RTT) and its exact idle time are that node's to tell, and show 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tcpulse.admin.feed import client_row
 from tcpulse.i18n.display import iso_ts
 from tcpulse.server.cluster import ClusterChange
 
 if TYPE_CHECKING:
     from tcpulse.server.server import Server
+    from tcpulse.server.view import ClientView
+
+#: `feed.client_row`: how this node's clients are shown (passed in: the feed imports this module).
+LocalRow = Callable[["ClientView", float, float], dict[str, Any]]
 
 __all__ = ["ClusterCollector", "ClusterRoutes", "all_rows", "change_op", "cluster_summary", "node_rows", "remote_row"]
 
@@ -56,15 +59,16 @@ def remote_row(r: dict[str, Any], now_wall: float) -> dict[str, Any]:
     }
 
 
-def all_rows(srv: Server, node: str | None = None) -> list[dict[str, Any]]:
+def all_rows(srv: Server, local_row: LocalRow, node: str | None = None) -> list[dict[str, Any]]:
     """Every client of the cluster (of `node` only, if given) as `/api/clients` rows: this
-    node's live, in connection order, then the others' by node."""
+    node's live (made by `local_row`, i.e. `feed.client_row`), in connection order, then the
+    others' by node."""
     view = srv.cluster
     now_mono, now_wall = srv.now(), time.time()
     out: list[dict[str, Any]] = []
     if node is None or node == view.node_id:
         for c in sorted(srv.clients, key=lambda c: c.conn_id):
-            out.append({**client_row(c, now_mono, now_wall), "node": view.node_id})
+            out.append({**local_row(c, now_mono, now_wall), "node": view.node_id})
     if node != view.node_id:
         rows = view.clients(node) if node is not None else [r for r in view.remote_rows()]
         out.extend(remote_row(r, now_wall) for r in rows if r.get("node") != view.node_id)
@@ -145,11 +149,13 @@ class ClusterRoutes:
     `POST /api/clients/{id}/send`, which reaches a client on whichever node holds it."""
 
     server: Server
+    #: `feed.client_row` (set by `Admin`: the feed imports this module, not the other way).
+    local_row: LocalRow
 
     def _cluster_clients(self, node: str | None, states: set[str] | None, sort: str, desc: bool, limit: int,
                          offset: int) -> web.Response:
         srv = self.server
-        rows = all_rows(srv, node)
+        rows = all_rows(srv, self.local_row, node)
         if states is not None:
             rows = [r for r in rows if r["state"] in states]
         field = _ROW_SORTS.get(sort, "cid")

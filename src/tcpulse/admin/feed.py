@@ -174,7 +174,7 @@ class Feed:
             node = srv.cluster.node_id
             for row in rows:
                 row["node"] = node
-            rows.extend(r for r in all_rows(srv) if r["node"] != node)
+            rows.extend(r for r in all_rows(srv, client_row) if r["node"] != node)
             cluster = cluster_summary(srv)
         return {
             "type": "snapshot",

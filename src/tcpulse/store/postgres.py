@@ -109,7 +109,6 @@ CREATE TABLE IF NOT EXISTS messages (
     payload       BYTEA NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_session_seq ON messages(session_id, seq) WHERE seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_at ON messages(received_at);
 """
 #: pg_advisory_xact_lock key of schema creation ("tcpu").
 _SCHEMA_LOCK = 0x74637075
@@ -119,6 +118,10 @@ _UPSERT_SESSIONS = (
     "SELECT c, s, %(at)s FROM unnest(%(c)s::text[], %(s)s::text[]) AS k(c, s) ORDER BY c, s "
     "ON CONFLICT (client_id, session) DO UPDATE SET last_at = EXCLUDED.last_at "
     "RETURNING id, client_id, session, high")
+_COPY_MESSAGES = "COPY messages(session_id, seq, connection_id, received_at, payload) FROM STDIN"
+#: The same rows when COPY met a row stored already (it cannot skip one): never in normal work,
+#: since the session rows are locked and only seqs above their high are sent; kept so that a
+#: batch is never refused for ever.
 _INSERT_MESSAGES = (
     "INSERT INTO messages(session_id, seq, connection_id, received_at, payload) "
     "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::bytea[]) "
@@ -463,7 +466,7 @@ class PostgresStore(Store):
                 if numbered:
                     touched.add(key)
             if s_ids:
-                stored = con.execute(_INSERT_MESSAGES, cols).rowcount
+                stored = self._insert(con, cols)
             raised = [k for k in top if top[k] > high[k]]
             if raised:
                 con.execute(_RAISE_HIGHS, ([sid[k] for k in raised], [top[k] for k in raised]))
@@ -483,6 +486,20 @@ class PostgresStore(Store):
         self.duplicates += dups + max(0, len(s_ids) - max(0, stored))
         if highs or flushes or done:
             self._report(self._committed, highs, flushes, done)
+
+    @staticmethod
+    def _insert(con: psycopg.Connection[Any], cols: tuple[list[Any], ...]) -> int:
+        """Insert the message rows (COPY: about three times as fast as one INSERT ... unnest);
+        returns how many were stored."""
+        s_ids, seqs, crow, ats, payloads = cols
+        try:
+            with con.transaction(), con.cursor().copy(_COPY_MESSAGES) as cp:
+                write = cp.write_row
+                for row in zip(s_ids, seqs, crow, ats, payloads, strict=True):
+                    write(row)
+            return len(s_ids)
+        except psycopg.errors.UniqueViolation:
+            return int(con.execute(_INSERT_MESSAGES, cols).rowcount)
 
     def _write_connection(self, con: psycopg.Connection[Any], op: tuple[Any, ...], new_rows: dict[int, int],
                           ended: list[int]) -> None:
