@@ -5,17 +5,19 @@
     .venv/bin/python bench/cluster_hold.py --clients 6000 --workers 2 --generators 2
 
 One real `redis-server` (tests/cluster/parts.py) and `tcpulse serve --workers W --db none
---cluster redis://... -q --admin ...`: W processes on one port (SO_REUSEPORT), each with its own
-open-file limit (20,000 here, so 50,000 clients need at least 3).  The load comes from G
-processes of `tcpulse.bench.load.hold` (each one its own open-file limit too), clients spread
-over 127.0.0.x, beating every `--interval` seconds; then 1,000 of them fall silent at once.
+--cluster redis://... -q --admin 127.0.0.1:P`: W processes on one port (SO_REUSEPORT), worker i
+with its admin endpoint on P + i, each with its own open-file limit (20,000 here, so 50,000
+clients need at least 3).  The load comes from G processes of `tcpulse.bench.load.hold` (each
+with its own open-file limit too), clients spread over 127.0.0.x, beating every `--interval`
+seconds; then 1,000 of them fall silent at once.
 
 Printed: how many were held; when the last generator had all its clients signed in, and how long
 after that the view of worker 0 (`/api/server`'s `cluster.clients.total`, which counts the other
 workers' clients from Redis) was complete; Redis commands per second while every client beats
 steadily (`INFO commandstats` before and after a window), per 1,000 clients; the timeout lateness
-of the silenced clients as each generator saw it (BYE against the client's own deadline), false
-timeouts; and the CPU of the workers, the generators and Redis: they all share this machine's
+of the silenced clients as each generator saw it (BYE against the client's own deadline) and as
+each worker measured it (`/api/server`'s `timeout_lateness`: its declaration against the deadline),
+false timeouts; and the CPU of the workers, the generators and Redis: they all share this machine's
 cores, so the generators' share is load the servers did not have for themselves.
 """
 
@@ -76,6 +78,16 @@ def get_json(url: str) -> dict[str, Any]:
         return dict(json.loads(r.read()))
 
 
+def _port_free(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -96,7 +108,10 @@ def main() -> None:
 
     redis = Redis().start()
     rpid = redis.proc.pid if redis.proc else 0
-    port, admin_port = free_port(), free_port()
+    port = free_port()
+    admin_port = free_port()
+    while any(not _port_free(admin_port + i) for i in range(a.workers)):
+        admin_port = free_port()
     serve = subprocess.Popen(
         [sys.executable, "-m", "tcpulse", "serve", "--workers", str(a.workers), "--port", str(port), "--db", "none",
          "--cluster", redis.url, "--node-id", "bench", "-q", "--status-every", "0", "--admin",
@@ -162,6 +177,10 @@ def main() -> None:
             p.wait(600)
         for t in threads:
             t.join(5)
+        # The servers' own measure of the same timeouts: each worker's admin (PORT + i) says how
+        # late after each deadline it declared the client dead (its timer, not the generator).
+        server_late = [get_json(f"http://127.0.0.1:{admin_port + i}/api/server")["timeout_lateness"]
+                       for i in range(a.workers)]
         results = [x["result"] for ls in lines for x in ls if "result" in x]
     finally:
         for p in gens:
@@ -192,6 +211,7 @@ def main() -> None:
         "silenced": sum(r["silent"] for r in results), "timed_out": sum(r["timed_out"] for r in results),
         "missed": sum(r["missed"] for r in results), "false_timeouts": sum(r["false_timeouts"] for r in results),
         "lateness_ms_by_generator": [r["lateness_ms"] for r in results],
+        "server_lateness_ms_by_worker": server_late,
         "cpu_workers": [cpu(s0, s1, w) for w in workers],
         "cpu_redis": cpu(s0, s1, rpid),
         "cpu_generators": [cpu(g0, g1, p.pid) for p in gens],

@@ -189,7 +189,7 @@ def _cluster_settings(opts: dict[str, Any]) -> None:
         if workers > 1 and worker is None:
             from tcpulse.cluster.workers import run_workers
             sys.exit(run_workers(sys.argv[sys.argv.index("serve") + 1:] if "serve" in sys.argv else [], workers,
-                                 opts["host"], opts["port"], name))
+                                 opts["host"], opts["port"], name, opts.get("admin")))
         opts["server_id"] = name
         if worker is not None:
             opts["reuse_port"] = True

@@ -39,10 +39,11 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return s, int(s.getsockname()[1])
 
 
-def worker_argv(args: Sequence[str], index: int, port: int, node_id: str) -> list[str]:
+def worker_argv(args: Sequence[str], index: int, port: int, node_id: str, admin: str | None = None) -> list[str]:
     """The `tcpulse serve` arguments of worker `index`: the supervisor's own, without
-    `--workers`, with the shared port, the worker's node id, and no admin endpoint but on
-    worker 0 (click takes the last value of an option given twice)."""
+    `--workers`, with the shared port and the worker's node id (click takes the last value of
+    an option given twice).  `admin` (`--admin HOST:PORT`): worker i serves it on PORT + i (each
+    shows the whole cluster); with port 0, only worker 0 serves one."""
     out: list[str] = []
     skip = False
     for a in args:
@@ -56,12 +57,13 @@ def worker_argv(args: Sequence[str], index: int, port: int, node_id: str) -> lis
             continue
         out.append(a)
     out += ["--worker", str(index), "--port", str(port), "--node-id", f"{node_id}-w{index}"]
-    if index > 0:
-        out += ["--admin", ""]
+    if admin and index > 0:
+        host, _, aport = admin.rpartition(":")
+        out += ["--admin", f"{host}:{int(aport) + index}" if aport.isdigit() and int(aport) > 0 else ""]
     return out
 
 
-def run_workers(args: Sequence[str], n: int, host: str, port: int, node_id: str) -> int:
+def run_workers(args: Sequence[str], n: int, host: str, port: int, node_id: str, admin: str | None = None) -> int:
     """Run `n` workers of `tcpulse serve args` until SIGINT/SIGTERM; returns the exit code."""
     reserved, port = reserve_port(host, port)
     procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -69,7 +71,8 @@ def run_workers(args: Sequence[str], n: int, host: str, port: int, node_id: str)
     restarts: list[float] = []
 
     def start(i: int) -> None:
-        procs[i] = subprocess.Popen([sys.executable, "-m", "tcpulse", "serve", *worker_argv(args, i, port, node_id)],
+        procs[i] = subprocess.Popen([sys.executable, "-m", "tcpulse", "serve",
+                                     *worker_argv(args, i, port, node_id, admin)],
                                     stdin=subprocess.DEVNULL)
 
     def stop(signum: int, _frame: object) -> None:
