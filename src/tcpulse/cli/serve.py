@@ -261,6 +261,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         await _listen(server)
         # -- feature start: what runs beside the listening server (admin endpoint, alerts, ...) --
         serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
+        if extra.get("cluster_url"):
+            _say_cluster(log, server, extra["cluster_url"])
         if admin is not None:
             await admin.start()
             if alerts.alerter is not None:
@@ -295,6 +297,19 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         await admin.close()
     _say_stopped(log)
     return 0
+
+
+def _say_cluster(log: ConsoleLog, server: Server, url: str) -> None:
+    """One line: this node's name in the cluster, and the nodes it sees."""
+    from tcpulse.store.dsn import redact
+    nodes = server.cluster.node_ids()
+    if log.json:
+        from tcpulse.i18n.display import iso_ts
+        log.write_line(json.dumps({"ts": iso_ts(), "event": "cluster", "node": server.node_id, "url": redact(url),
+                                   "nodes": nodes}, separators=(",", ":")))
+    elif log.level != "quiet":
+        log.write_line(_("Cluster: this is node {node} of {n} on {url} ({nodes})").format(
+            node=server.node_id, n=len(nodes), url=redact(url), nodes=", ".join(nodes)))
 
 
 def _say_stopping(log: ConsoleLog, sig: signal.Signals, clients: int) -> None:
