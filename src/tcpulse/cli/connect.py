@@ -62,6 +62,7 @@ _PIPE_AHEAD = 1024
 
 
 @click.command()
+@click.argument("host", default="127.0.0.1", metavar="[HOST[:PORT]]")
 @click.argument("servers", nargs=-1, metavar="[HOST[:PORT]]...")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
               help="Port of a HOST given without one.")
@@ -94,7 +95,7 @@ _PIPE_AHEAD = 1024
 @click.option("--server-name", default=None, metavar="NAME",
               help="Name to verify in the server's certificate (default: HOST).")
 @lang_option
-def connect(servers: tuple[str, ...], port: int, client_id: str | None, heartbeat_interval: float | None,
+def connect(host: str, servers: tuple[str, ...], port: int, client_id: str | None, heartbeat_interval: float | None,
             seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None,
             wait_for_server: bool = False, token: str | None = None, token_file: str | None = None,
             tls: bool = False, ca: str | None = None, insecure: bool = False,
@@ -107,7 +108,7 @@ def connect(servers: tuple[str, ...], port: int, client_id: str | None, heartbea
     from tcpulse.client.client import parse_server
     from tcpulse.protocol.events import ID_RE
     try:
-        addrs = [parse_server(x, port) for x in servers] or [("127.0.0.1", port)]
+        addrs = [parse_server(x, port) for x in (host, *servers)]
     except ValueError as e:
         fail(_("bad server address {what}: give HOST, HOST:PORT or [IPv6]:PORT").format(what=e), 2)
     host, port = addrs[0]
