@@ -8,6 +8,9 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from typing import Any
 
@@ -158,4 +161,42 @@ async def test_postgres_and_redis_restarted_mid_run(redis: Redis, postgres: Post
         for cl in clients:
             await cl.close(drain_timeout=0)
         for p in procs:
+            p.kill()
+
+
+async def test_a_frozen_node_loses_the_id_it_held_and_says_so_when_it_wakes(redis: Redis, postgres: Postgres) -> None:
+    # docs/cluster.md, "A node cut off from Redis": node a is frozen (SIGSTOP: it can neither
+    # renew its lease nor answer a takeover).  A HELLO for its client's id on node b waits until
+    # a's lease has run out, then gets OK; when a wakes up, it finds its lease gone, republishes
+    # fenced, loses the id to b and tells its stale connection BYE replaced.
+    from tests.conftest import RawClient
+    procs: list[ServerProcess] = []
+    try:
+        procs = [node(n, redis, postgres) for n in ("a", "b")]
+        a, b = procs
+        old = await RawClient.open(a.port)
+        await old.hello("frozen-id", heartbeat_interval=10)  # a long timeout: only the cluster ends it
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        try:
+            new = await RawClient.open(b.port)
+            await new.info()
+            t0 = time.monotonic()
+            await new.send(b'HELLO {"id":"frozen-id","heartbeat_interval":10}\n')
+            ok = await new.expect(b"OK", 15)
+            waited = time.monotonic() - t0
+            assert ok.startswith(b"OK "), ok
+            assert waited > 0.3, waited  # it waited for a's lease; a never answered
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        assert await old.expect(b"BYE", 15) == b"BYE replaced"
+        # b keeps it: a's republish did not take it back.
+        await asyncio.sleep(2 * TTL)
+        await new.send(b"PING still\n")
+        assert await new.expect(b"PONG", 5) == b"PONG still"
+        old.close()
+        new.close()
+    finally:
+        for p in procs:
+            with contextlib.suppress(Exception):
+                os.kill(p.proc.pid, signal.SIGCONT)
             p.kill()
