@@ -738,34 +738,52 @@ class RedisCluster:
             outgoing, self._outgoing = self._outgoing[:CHUNK], self._outgoing[CHUNK:]
             self._outgoing_bytes = sum(len(d) for _c, d in self._outgoing)
             p = r.pipeline(transaction=False)
-            order: list[tuple[int, str]] = []
+            order: list[tuple[int, str, dict[str, Any] | None]] = []
             clients = self._k("clients", self.node)
             for conn, (op, row, extra) in pending.items():
                 held = self._tokens.get(conn)
                 token = "" if held is None else held[1]
                 cid = "" if held is None else held[0]
-                if row is not None and row.get("id") is not None and held is None:
-                    continue  # accepted while Redis was away: the resync claims and publishes it
                 ev = json.dumps({"n": self.node, "op": op, "k": str(conn), "row": row, **extra})
                 if row is None:
                     await self._scripts["REMOVE"](keys=[clients, self._k("owner", cid or "-")],
-                                            args=[str(conn), token, ev, self._events], client=p)
+                                                  args=[str(conn), token, ev, self._events], client=p)
                     self._forget(conn)
+                    kind = "remove"
+                elif row.get("id") is not None and (held is None or held[0] != row["id"]):
+                    # Signed in while Redis was away (its claim waited for this): claimed now,
+                    # unless a live node took the id meanwhile (RECLAIM, as after a reconnect).
+                    await self._scripts["RECLAIM"](
+                        keys=[self._k("owner", row["id"]), clients, self._k("epoch")],
+                        args=["", self.node, self.run, conn, str(conn), json.dumps(row), self._k("lease", ""), ev,
+                              self._events], client=p)
+                    kind = "reclaim"
                 else:
                     await self._scripts["UPDATE"](keys=[clients, self._k("owner", cid or "-")],
-                                            args=[str(conn), json.dumps(row), token, ev, self._events], client=p)
-                order.append((conn, "remove" if row is None else "update"))
+                                                  args=[str(conn), json.dumps(row), token, ev, self._events],
+                                                  client=p)
+                    kind = "update"
+                order.append((conn, kind, row))
             for channel, data in outgoing:
                 p.publish(channel, data)
             results = await p.execute()
-            for (conn, kind), ok in zip(order, results, strict=False):
+            for (conn, kind, row), res in zip(order, results, strict=False):
                 self.published += 1
-                if kind == "update":
-                    if ok:
-                        self._in_redis.add(conn)
-                    else:
-                        self.fenced += 1
-                        self._host.fenced_out(conn)
+                if kind == "remove":
+                    continue
+                ok = res
+                if kind == "reclaim":
+                    ok, token = res
+                    token = _text(token)
+                    assert row is not None
+                    self._tokens[conn] = (row["id"], token)
+                    self._unclaimed.discard(conn)
+                    self._note_epoch(token)
+                if ok:
+                    self._in_redis.add(conn)
+                else:
+                    self.fenced += 1
+                    self._host.fenced_out(conn)
 
     # ---------------------------------------------------------------- sending across nodes
 
