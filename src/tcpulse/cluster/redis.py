@@ -318,9 +318,10 @@ class RedisCluster:
         r = self._r
         assert r is not None
         ev = json.dumps({"n": node, "op": "gone", "by": self.node})
-        await self._scripts["GONE"](keys=[self._k("lease", node), self._k("clients", node), self._k("nodes")],
-                                    args=[node, self._k("owner", ""), ev, self._events])
-        self.view.node_gone(node)
+        gone = await self._scripts["GONE"](keys=[self._k("lease", node), self._k("clients", node),
+                                                 self._k("nodes")], args=[node, self._k("owner", ""), ev, self._events])
+        if gone:  # 0: its lease came back meanwhile (it renewed late): still a node
+            self.view.node_gone(node)
 
     async def _read_others(self) -> None:
         r = self._r
