@@ -86,11 +86,16 @@ async def test_any_node_shows_the_whole_cluster(two: Any, redis: Redis) -> None:
 
     # A client of another node reached through this node's admin endpoint.
     async with aiohttp.ClientSession() as s:
-        async with s.post(admin.url + "api/clients/there/send", data=b"hi there") as r:
+        raw = {"Content-Type": "application/octet-stream"}
+        async with s.post(admin.url + "api/clients/there/send", data=b"hi there", headers=raw) as r:
             assert r.status == 200, await r.text()
             assert (await r.json())["node"] == "b"
-        async with s.post(admin.url + "api/clients/nobody/send", data=b"?") as r:
+        async with s.post(admin.url + "api/clients/nobody/send", data=b"?", headers=raw) as r:
             assert r.status == 404
+        # What a web page may send to another origin unasked (a form, text/plain) is refused.
+        async with s.post(admin.url + "api/clients/there/send", data=b"csrf",
+                          headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 415
     assert await there.expect(b"MSG", 10) == b"MSG 8"
     assert await there.line() == b"hi there"
 

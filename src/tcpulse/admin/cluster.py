@@ -182,6 +182,11 @@ class ClusterRoutes:
 
     async def _send(self, request: web.Request) -> web.Response:
         client_id = request.match_info["id"]
+        if request.content_type != "application/octet-stream":
+            # Not a type a web page may send to another origin without asking first (CORS): a
+            # page in a browser on this host cannot make the admin endpoint send anything.
+            return web.json_response({"error": "send the payload as Content-Type: application/octet-stream"},
+                                     status=415)
         body = await request.read()
         if len(body) > self.server.config.max_payload:
             return web.json_response({"error": f"payload over {self.server.config.max_payload} bytes"}, status=413)
