@@ -109,6 +109,11 @@ class RedisCluster:
         self._lease_r: aioredis.Redis | None = None
         self._claims: list[tuple[str, int, asyncio.Future[tuple[int, str, str | None]]]] = []
         self._claiming = False
+        # Inbox messages for other nodes waiting to go out; nodes known to be gone (takeovers
+        # waiting on them give up waiting).
+        self._requests: list[tuple[str, str]] = []
+        self._requesting = False
+        self._gone: dict[str, asyncio.Event] = {}
         self._pubsub: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -310,6 +315,7 @@ class RedisCluster:
             live.add(node)
             known = node in self.view.node_ids()
             self.view.node_up(_node_row(node, lease))
+            self._gone.pop(node, None)
             if not known:
                 await self._read_node(node)
         self.view.forget_nodes_but(live)
@@ -322,6 +328,7 @@ class RedisCluster:
                                                  self._k("nodes")], args=[node, self._k("owner", ""), ev, self._events])
         if gone:  # 0: its lease came back meanwhile (it renewed late): still a node
             self.view.node_gone(node)
+            self._gone_event(node).set()
 
     async def _read_others(self) -> None:
         r = self._r
@@ -520,7 +527,8 @@ class RedisCluster:
             self._max_epoch = max(self._max_epoch, int(head))
 
     async def _wait_release(self, client_id: str, node: str, run: str, conn: int, token: str) -> bool:
-        """Ask `node` to release `conn` and wait for its answer, or for its lease to run out."""
+        """Ask `node` to release `conn` and wait for its answer, or for it to be declared gone
+        (its lease ran out: the maintenance loop or another node finds it, within a renewal)."""
         r = self._r
         assert r is not None
         loop = asyncio.get_running_loop()
@@ -528,23 +536,22 @@ class RedisCluster:
         self._waiting[token] = fut
         req = json.dumps({"t": "takeover", "id": client_id, "run": run, "conn": conn, "token": token,
                           "from": self.node})
+        gone = self._gone_event(node)
         try:
-            p = r.pipeline(transaction=False)
-            p.rpush(self._k("inbox", node), req)
-            p.pexpire(self._k("inbox", node), int(max(60.0, 10 * self.lease_ttl) * 1000))
-            p.publish(self._k("node", node), '{"t":"inbox"}')
-            await p.execute()
+            self._queue_request(node, req)
             end = loop.time() + self.takeover_wait
-            while not fut.done():
+            while not fut.done() and not gone.is_set():
                 left = end - loop.time()
                 if left <= 0:
+                    if not await r.exists(self._k("lease", node)):
+                        break  # gone, though nobody said so yet
                     raise ClusterError("not-released", N_("node {node} holds {id} and did not release it within "
                                                           "{seconds:g} s"), node=node, id=client_id,
                                        seconds=self.takeover_wait)
+                # In memory, not a Redis round trip per waiting HELLO: thousands wait at once
+                # when a node with thousands of clients dies.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), min(left, self.renew_every))
-                if not fut.done() and not await r.exists(self._k("lease", node)):
-                    break  # its lease ran out: it is gone (or cut off; docs/cluster.md, "Partitions")
+                    await asyncio.wait_for(asyncio.shield(fut), min(left, 0.05))
             if fut.done() and not fut.cancelled():
                 fut.result()
             return True
@@ -553,6 +560,41 @@ class RedisCluster:
             raise ClusterError("not-released", N_("the cluster became unreachable during a takeover")) from e
         finally:
             self._waiting.pop(token, None)
+
+    def _gone_event(self, node: str) -> asyncio.Event:
+        """Set once `node` is known to be gone; cleared when it has a lease again."""
+        ev = self._gone.get(node)
+        if ev is None:
+            ev = self._gone[node] = asyncio.Event()
+        return ev
+
+    def _queue_request(self, node: str, req: str) -> None:
+        """An inbox message for `node`; those of one loop iteration go in one pipeline."""
+        self._requests.append((node, req))
+        if not self._requesting:
+            self._requesting = True
+            self._spawn(self._send_requests())
+
+    async def _send_requests(self) -> None:
+        await asyncio.sleep(0)
+        try:
+            while self._requests:
+                batch, self._requests = self._requests[:CHUNK], self._requests[CHUNK:]
+                r = self._r
+                assert r is not None
+                p = r.pipeline(transaction=False)
+                ttl = int(max(60.0, 10 * self.lease_ttl) * 1000)
+                for node in sorted({n for n, _ in batch}):
+                    p.rpush(self._k("inbox", node), *[q for n, q in batch if n == node])
+                    p.pexpire(self._k("inbox", node), ttl)
+                    p.publish(self._k("node", node), '{"t":"inbox"}')
+                try:
+                    await p.execute()
+                except (RedisError, OSError) as e:
+                    self._down(e)
+                    return
+        finally:
+            self._requesting = False
 
     async def _drain_inbox(self) -> None:
         r = self._r
@@ -580,14 +622,8 @@ class RedisCluster:
         conn = int(req.get("conn", 0))
         if req.get("run") == self.run:
             await self._host.release(conn)
-        reply = json.dumps({"t": "released", "token": req.get("token")})
-        dest = str(req.get("from"))
-        with contextlib.suppress(RedisError, OSError):
-            p = self._r.pipeline(transaction=False)
-            p.rpush(self._k("inbox", dest), reply)
-            p.pexpire(self._k("inbox", dest), int(max(60.0, 10 * self.lease_ttl) * 1000))
-            p.publish(self._k("node", dest), '{"t":"inbox"}')
-            await p.execute()
+        if self.up:
+            self._queue_request(str(req.get("from")), json.dumps({"t": "released", "token": req.get("token")}))
 
     # ---------------------------------------------------------------- pub/sub
 
@@ -622,6 +658,7 @@ class RedisCluster:
             op = data.get("op")
             if op in ("gone", "down"):
                 self.view.node_gone(node, "node-gone" if op == "gone" else "node-left")
+                self._gone_event(node).set()
             elif op == "reset":
                 self.view.replace_node(node, {})
             else:

@@ -59,6 +59,9 @@ READ_BUDGET = 0.01
 #: Failed TLS handshakes reported one by one per second; the rest are counted (a flood of bad
 #: handshakes must not become a flood of log lines).
 HANDSHAKE_REPORTS_PER_SEC = 5
+#: The interval a client is held to while the cluster holds the answer to its HELLO (a deadline
+#: far off: it is not judged meanwhile).
+HELD_INTERVAL = 3600.0
 #: Seconds a connection that said BYE (or sent a bad frame) waits for the store to commit what
 #: came before, so that its ACK goes out before the close (PROTOCOL.md, "Errors").
 FINISH_WAIT = 5.0
@@ -463,11 +466,19 @@ class Hub:
 
     async def _claim(self, c: Peer, client_id: str) -> bool:
         assert self.cluster is not None
+        # While the cluster holds the answer to its HELLO (a takeover waits for the other node,
+        # up to its lease), the client is not judged: its silence is the server's doing.
+        # (Its deadline is put far off, not removed: it stays "alive" to observers meanwhile.)
+        self.tracker.set_interval(c, self.now(), HELD_INTERVAL, 2 * HELD_INTERVAL)
         try:
             won = await self.cluster.claim(client_id, c.conn_id)
         except TcpulseError as e:
             c.fail(ErrorCode.UNAVAILABLE, f"{e}: try again later")
             return False
+        finally:
+            if not c.closed:
+                self.tracker.set_interval(c, self.now(), c.interval, c.timeout)
+                self.arm()
         if not won:
             # A newer HELLO for this id claimed it meanwhile (on this node or another).
             c.say_bye("replaced", DisconnectReason.REPLACED)
