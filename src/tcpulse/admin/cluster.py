@@ -79,10 +79,8 @@ def node_rows(srv: Server) -> list[dict[str, Any]]:
     """`/api/nodes`: every live node, with its clients by state (as far as this view knows)."""
     view = srv.cluster
     counts: dict[str, dict[str, int]] = {}
-    for r in view.remote_rows():
-        tally = counts.setdefault(str(r.get("node")), {s: 0 for s in _STATES})
-        st = r.get("state", "alive")
-        tally[st if st in tally else "dead"] += 1
+    for name, by_state in view.state_counts().items():  # kept as the rows change: no walk over them
+        counts[name] = {s: by_state.get(s, 0) for s in _STATES}
     mine = {s: 0 for s in _STATES}
     for c in srv.clients:
         mine[c.state.value] += 1

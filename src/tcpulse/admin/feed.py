@@ -259,10 +259,9 @@ class Feed:
             if st in counts:
                 counts[st] += 1
         if self.server.cluster.enabled:  # -- cluster: the chart counts every node's clients --
-            for r in self.server.cluster.remote_rows():
-                state = r.get("state")
-                if state in counts:
-                    counts[state] += 1
+            for by_state in self.server.cluster.state_counts().values():
+                for state in counts:
+                    counts[state] += by_state.get(state, 0)
         msgs = totals["messages"]
         dt = now_wall - self._last_t
         rate = 0.0 if self._last_msgs is None or dt <= 0 else max(0, msgs - self._last_msgs) / dt

@@ -146,6 +146,9 @@ class ClusterView:
         self._local_node = local_node
         self._nodes: dict[str, NodeRow] = {}
         self._clients: dict[str, dict[str, dict[str, Any]]] = {}
+        # Clients by state of each other node, kept as the rows change: read once a second by
+        # the dashboard's chart and by every /metrics scrape, which must not walk 50,000 rows.
+        self._counts: dict[str, dict[str, int]] = {}
         self._by_id: dict[str, str] = {}
         self._subscribers: list[Callable[[ClusterChange], None]] = []
         #: True while the cluster cannot be reached; since when (wall clock), and how often so far.
@@ -183,6 +186,10 @@ class ClusterView:
         for rows in self._clients.values():
             yield from rows.values()
 
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """Each other node's clients by state (`alive`, `suspect`, ...), O(nodes)."""
+        return {n: dict(c) for n, c in self._counts.items() if any(c.values())}
+
     def node_of(self, client_id: str) -> str | None:
         """The other node that holds `client_id`, as far as this view knows."""
         return self._by_id.get(client_id)
@@ -206,6 +213,7 @@ class ClusterView:
         """`node` left (or its lease ran out): its clients are lost; returns how many."""
         self._nodes.pop(node, None)
         rows = self._clients.pop(node, {})
+        self._counts.pop(node, None)
         for r in rows.values():
             cid = r.get("id")
             if cid is not None and self._by_id.get(cid) == node:
@@ -220,18 +228,25 @@ class ClusterView:
         if node == self.node_id:
             return
         rows = self._clients.setdefault(node, {})
+        counts = self._counts.setdefault(node, {})
         old = rows.get(key)
-        if old is not None and old.get("id") is not None and self._by_id.get(old["id"]) == node:
-            del self._by_id[old["id"]]
+        if old is not None:
+            st = str(old.get("state"))
+            counts[st] = counts.get(st, 1) - 1
+            if old.get("id") is not None and self._by_id.get(old["id"]) == node:
+                del self._by_id[old["id"]]
         if row is None:
             rows.pop(key, None)
             if not rows:
                 self._clients.pop(node, None)
+                self._counts.pop(node, None)
             if old is None:
                 return
             row = {**old, "state": "dead"}
         else:
             rows[key] = row
+            st = str(row.get("state"))
+            counts[st] = counts.get(st, 0) + 1
             if row.get("id") is not None:
                 self._by_id[row["id"]] = node
         self._tell(ClusterChange(node, op, row, reason=reason, silent_for=silent_for, late_ms=late_ms))
