@@ -31,13 +31,15 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"protocol", "errors"},
     "server": {"protocol", "policy", "store", "security", "version", "errors"},
     "client": {"protocol", "policy", "security", "version", "errors"},
+    # Several nodes as one (issue 12): a backend plugged into server/cluster.py's seam.
+    "cluster": {"server", "policy", "protocol", "version", "errors"},
     "admin": {"server", "store", "security", "policy", "protocol", "i18n", "version", "errors"},
     # Alerts read the server's events and reuse the backoff policy; the command line translates
     # what they report, so no i18n (issue 13).
     "alerts": {"server", "policy", "version", "errors"},
     "bench": {"protocol", "policy", "security", "i18n", "version", "errors"},
-    "cli": {"server", "client", "admin", "alerts", "store", "security", "policy", "protocol", "i18n", "bench",
-            "version", "errors"},
+    "cli": {"server", "client", "admin", "alerts", "cluster", "store", "security", "policy", "protocol", "i18n",
+            "bench", "version", "errors"},
     "__main__": {"cli"},
     "": {"server", "client", "store", "protocol", "policy", "security", "version", "errors"},
 }

@@ -30,12 +30,13 @@ from typing import Any
 from aiohttp import web
 
 from tcpulse.admin.auth import STREAM_PATH, host_allowed
-from tcpulse.admin.clients import SORTS, STATES, Directory
+from tcpulse.admin.clients import SORTS, STATES, Directory, client_row
+from tcpulse.admin.cluster import ClusterCollector, ClusterRoutes, cluster_summary
 from tcpulse.admin.feed import RECENT, Feed
 from tcpulse.admin.listener import STREAM_STALL, AdminListener
 from tcpulse.admin.metrics import AdminStats, live_totals, state_counts
 from tcpulse.i18n.display import iso_ts
-from tcpulse.server.events import ServerEvent
+from tcpulse.server.events import ServerEvent, Warning_
 from tcpulse.server.server import Server
 from tcpulse.server.view import format_addr
 from tcpulse.version import __version__
@@ -90,10 +91,12 @@ def _error(status: int, text: str, **headers: str) -> web.Response:
     return web.json_response({"error": text}, status=status, headers=headers or None)
 
 
-class Admin:
+class Admin(ClusterRoutes):
     """The admin endpoint of one `Server`.  Create it before or after `server.start()` (events
     before it is created are not counted), then `await start()`; `await close()` when done.
     `ssl`: serve HTTPS with this context (docs/security.md: any address but loopback wants it)."""
+
+    local_row = staticmethod(client_row)  # -- cluster: how this node's rows look (admin/cluster.py) --
 
     def __init__(self, server: Server, host: str = "127.0.0.1", port: int = DEFAULT_ADMIN_PORT, *,
                  authorize: Authorize | None = None, log_dropped: Callable[[], int] | None = None,
@@ -109,6 +112,9 @@ class Admin:
         #: Lines the console log dropped because its output was not read (None: no console).
         self.stats = AdminStats(server, log_dropped=log_dropped, http=self._http_figures)
         self._unsubscribe = server.subscribe(self._on_event, messages=False, heartbeats=False)
+        # -- cluster (admin/cluster.py): the other nodes' changes in the feed, tcpulse_cluster_* --
+        self._unsubscribe_cluster = server.cluster.subscribe(self.feed.on_cluster_change)
+        self.stats.registry.register(ClusterCollector(server))
         self._runner: web.AppRunner | None = None
         self.app = self._make_app()
 
@@ -140,6 +146,7 @@ class Admin:
 
     async def close(self) -> None:
         self._unsubscribe()
+        self._unsubscribe_cluster()
         await self.feed.close()
         if self._listener is not None:
             self._listener.close()
@@ -161,6 +168,8 @@ class Admin:
         self.directory.on_event(ev)
         self.stats.on_event(ev)
         self.feed.on_event(ev)
+        if isinstance(ev, Warning_) and "cluster" in ev.fields:  # -- cluster: stale or current again --
+            self.feed.resend_snapshot()
 
     def _http_figures(self) -> dict[str, Any]:
         return {} if self._listener is None else self._listener.figures()
@@ -176,6 +185,9 @@ class Admin:
         app.router.add_get(STREAM_PATH, self._stream)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        # -- cluster (admin/cluster.py) --
+        app.router.add_get("/api/nodes", self._nodes)
+        app.router.add_post("/api/clients/{id}/send", self._send)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         return app
 
@@ -237,6 +249,9 @@ class Admin:
                 raise ValueError(f"q must be at most {MAX_SEARCH} characters")
         except ValueError as e:
             return _error(400, str(e))
+        srv = self.server
+        if srv.cluster.enabled or q.get("node"):  # -- cluster: every node's clients (admin/cluster.py) --
+            return self._cluster_clients(q.get("node") or None, states, q.get("sort", "cid"), desc, limit, offset)
         total, page = await self.directory.page(states=states, search=search, sort=sort, desc=desc, offset=offset,
                                           limit=limit)
         return web.json_response({
@@ -283,6 +298,7 @@ class Admin:
             "timeout_lateness": self.stats.lateness_summary(),
             "dashboards": len(self.feed.subscribers),
             "admin": {**self._http_figures(), "max_streams": MAX_STREAMS},
+            **({"cluster": cluster_summary(srv)} if srv.cluster.enabled else {}),
         })
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -195,12 +195,17 @@ class Feed:
 
     def hello(self) -> dict[str, Any]:
         srv = self.server
+        cluster = None
+        if srv.cluster.enabled:  # -- cluster: which nodes this dashboard sees (admin/cluster.py) --
+            from tcpulse.admin.cluster import cluster_summary
+            cluster = cluster_summary(srv)
         return {
             "type": "hello",
             "server": {"server_id": srv.server_id, "host": srv.host, "port": srv.port,
                        "started_at": iso_ts(srv.started_at),
                        "heartbeat_interval": srv.config.heartbeat_interval,
-                       "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language()},
+                       "heartbeat_timeout": srv.config.heartbeat_timeout, "lang": current_language(),
+                       **({"cluster": cluster} if cluster is not None else {})},
             "now": iso_ts(),
             "history": list(self.history),
             "events": list(self.recent)[-HELLO_EVENTS:],
@@ -229,6 +234,26 @@ class Feed:
             else:
                 self._skipped += 1
 
+    def resend_snapshot(self) -> None:
+        """Every dashboard hears the news at once (the cluster view went stale or current): a new
+        hello, with the cluster's state, at the next flush."""
+        data = sse(self.hello())
+        for sub in list(self.subscribers):
+            sub.put(data)
+
+    def on_cluster_change(self, ch: Any) -> None:
+        """Another node's client changed (`ClusterChange`, server/cluster.py): an event in the log,
+        as one of ours is (the rows themselves come from /api/clients, across nodes)."""
+        from tcpulse.admin.cluster import change_record
+        self.seq += 1
+        e = change_record(self.seq, ch)
+        self.recent.append(e)
+        if self.subscribers:
+            if len(self._pending) < EVENTS_PER_FLUSH:
+                self._pending.append(e)
+            else:
+                self._skipped += 1
+
     # ---------------------------------------------------------------- loop
 
     async def _run(self) -> None:
@@ -249,6 +274,11 @@ class Feed:
         d = self.directory
         d.prune(self.server.now())
         counts, open_msgs = await d.counts()
+        if self.server.cluster.enabled:  # -- cluster: the chart counts every node's clients --
+            for node, by_state in self.server.cluster.state_counts().items():
+                if node != self.server.cluster.node_id:
+                    for state in ("alive", "suspect"):
+                        counts[state] = counts.get(state, 0) + by_state.get(state, 0)
         totals = self.server.totals
         msgs = totals.get("messages", 0) + open_msgs
         dt = now_wall - self._last_t

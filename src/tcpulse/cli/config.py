@@ -63,7 +63,9 @@ def env_name(param: click.Parameter) -> str:
 
 
 def _settings(cmd: click.Command) -> list[click.Parameter]:
-    return [p for p in cmd.params if p.name not in _NOT_SETTINGS and p.expose_value]
+    # A hidden option is internal (serve --worker, given by the workers' supervisor): no setting.
+    return [p for p in cmd.params if p.name not in _NOT_SETTINGS and p.expose_value
+            and not getattr(p, "hidden", False)]
 
 
 def describe(param: click.Parameter) -> str:

@@ -35,6 +35,7 @@ from tcpulse.client.events import (
     ByeReceived,
     CallbackFailed,
     ClientEvent,
+    Connected,
     Disconnected,
     HeartbeatSent,
     InboxOverflow,
@@ -61,8 +62,10 @@ _PIPE_AHEAD = 1024
 
 
 @click.command()
-@click.argument("host", default="127.0.0.1")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
+@click.argument("host", default="127.0.0.1", metavar="[HOST[:PORT]]")
+@click.argument("servers", nargs=-1, metavar="[HOST[:PORT]]...")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of a HOST given without one.")
 @click.option("--id", "client_id", default=None, help="Client id (default: host name + random suffix).")
 @click.option("--heartbeat-interval", default=None, type=float, callback=_positive,
               help="Heartbeat interval to ask the server for (default: the server's).")
@@ -92,14 +95,23 @@ _PIPE_AHEAD = 1024
 @click.option("--server-name", default=None, metavar="NAME",
               help="Name to verify in the server's certificate (default: HOST).")
 @lang_option
-def connect(host: str, port: int, client_id: str | None, heartbeat_interval: float | None,
+def connect(host: str, servers: tuple[str, ...], port: int, client_id: str | None, heartbeat_interval: float | None,
             seed_demo: bool, no_reconnect: bool, verbose: bool, loop_kind: str, lang: str | None,
             wait_for_server: bool = False, token: str | None = None, token_file: str | None = None,
             tls: bool = False, ca: str | None = None, insecure: bool = False,
             client_cert: str | None = None, client_key: str | None = None,
             server_name: str | None = None, outbox: str | None = None) -> None:
-    """Connect to a server and send each line typed (or piped) as a message."""
+    """Connect to a server and send each line typed (or piped) as a message.
+
+    Several servers (the nodes of a cluster): when one fails, the next is tried, and the session
+    goes on there."""
+    from tcpulse.client.client import parse_server
     from tcpulse.protocol.events import ID_RE
+    try:
+        addrs = [parse_server(x, port) for x in (host, *servers)]
+    except ValueError as e:
+        fail(_("bad server address {what}: give HOST, HOST:PORT or [IPv6]:PORT").format(what=e), 2)
+    host, port = addrs[0]
     if client_id is not None and ID_RE.fullmatch(client_id) is None:
         fail(_("--id {id} is not valid: use 1-128 characters of A-Z a-z 0-9 . _ @ -").format(id=repr(client_id)), 2)
     token = _token(token, token_file)
@@ -111,6 +123,7 @@ def connect(host: str, port: int, client_id: str | None, heartbeat_interval: flo
     opts.server_hostname = server_name
     opts.outbox = outbox
     opts.wait_for_server = wait_for_server
+    opts.servers = addrs
     sys.exit(run_loop(lambda: _connect(opts), loop_kind))
 
 
@@ -143,6 +156,7 @@ class ConnectOptions:
     token: str | None = None
     outbox: str | None = None  # --outbox PATH (delivery)
     wait_for_server: bool = False  # --wait
+    servers: list[tuple[str, int]] | None = None  # every HOST[:PORT] given, in order
 
     def __init__(self, host: str, port: int, client_id: str | None, interval: float | None,
                  seed_demo: bool, reconnect: bool, verbose: bool) -> None:
@@ -175,7 +189,10 @@ class _Printer:
 
     def __call__(self, ev: ClientEvent) -> None:
         opts = self.opts
-        if isinstance(ev, InfoReceived):
+        if isinstance(ev, Connected):
+            # With several servers, the one this connection went to.
+            opts.host, opts.port = ev.host, ev.port
+        elif isinstance(ev, InfoReceived):
             if not self.lost_at:
                 info = ev.info
                 _say(_("Connected to server {address} (tcpulse {version}, heartbeat every {interval:g} s, "
@@ -194,8 +211,13 @@ class _Printer:
                     _say(_("Sent again {n} message(s) not acknowledged last time").format(n=ev.resent))
             else:
                 # One line per reconnect (PROTOCOL.md, "Delivery": the server's acked, then resend).
-                _say(_("Reconnected after {secs:.1f} s: the server has up to #{acked}; sent again: {n}").format(
-                    secs=time.monotonic() - self.lost_at, acked=ok.acked, n=ev.resent))
+                if opts.servers is not None and len(opts.servers) > 1:
+                    _say(_("Reconnected to {address} after {secs:.1f} s: the server has up to #{acked}; sent "
+                           "again: {n}").format(address=address(opts.host, opts.port),
+                                                secs=time.monotonic() - self.lost_at, acked=ok.acked, n=ev.resent))
+                else:
+                    _say(_("Reconnected after {secs:.1f} s: the server has up to #{acked}; sent again: {n}").format(
+                        secs=time.monotonic() - self.lost_at, acked=ok.acked, n=ev.resent))
         elif isinstance(ev, Renumbered):
             _say(_("The server lost its record of this session (it keeps no store and restarted): "
                    "{n} held message(s) numbered again from #{first}").format(n=ev.held, first=ev.acked + 1))
@@ -388,8 +410,10 @@ async def _connect(opts: ConnectOptions) -> int:
     client = Client(opts.host, opts.port, id=client_id, heartbeat_interval=opts.interval, outbox=box,
                     reconnect=opts.reconnect, on_event=printer, seed_demo=opts.seed_demo,
                     token=opts.token, ssl_context=opts.ssl_context,
-                    server_hostname=opts.server_hostname or (opts.host if opts.ssl_context else None),
-                    wait_for_server=opts.wait_for_server, max_inbox=0)
+                    # Several servers: each is checked against its own name (asyncio's default).
+                    server_hostname=opts.server_hostname or (
+                        opts.host if opts.ssl_context and len(opts.servers or ()) <= 1 else None),
+                    wait_for_server=opts.wait_for_server, max_inbox=0, servers=opts.servers)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ from tcpulse.cli.common import error_text, fail
 from tcpulse.i18n import _
 from tcpulse.i18n.display import escape, iso_ts
 from tcpulse.store.base import StoreOpenError
+from tcpulse.store.dsn import redact
 from tcpulse.store.queries import read_connections, read_messages
 
 __all__ = ["history", "messages", "parse_since"]
@@ -87,8 +88,8 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
-db_option = click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH",
-                         help="The database `tcpulse serve --db` wrote.")
+db_option = click.option("--db", default="tcpulse.db", show_default=True, metavar="PATH|URL",
+                         help="The database `tcpulse serve --db` wrote (a file, or a postgresql:// URL).")
 client_option = click.option("--client", "client_id", default=None, metavar="ID", help="Only this client id.")
 since_option = click.option("--since", default=None, metavar="TIME",
                             help="Only since then: 30s, 10m, 2h, 7d ago, or a date like 2025-04-10T15:30.")
@@ -134,7 +135,7 @@ def history(db: str, client_id: str | None, since: str | None, limit: int, as_js
         table.append([str(r.id), escape(r.client_id or "-"), r.addr, _when(r.connected_at), _when(r.ended_at),
                       _duration(r.duration), end, str(r.heartbeats), str(r.messages),
                       "-" if r.rtt is None else f"{r.rtt * 1000:.1f} ms"])
-    _print_table(_("Connections in {db}: {n}").format(db=db, n=len(rows)),
+    _print_table(_("Connections in {db}: {n}").format(db=redact(db), n=len(rows)),
                  ["#", _("client"), _("address"), _("connected at"), _("ended at"), _("duration"),
                   _("end"), _("heartbeats"), _("messages"), _("RTT")], table)
 
@@ -164,5 +165,5 @@ def messages(db: str, client_id: str | None, since: str | None, limit: int, as_j
             text = text[:79] + "…"
         table.append([str(r.id), escape(r.client_id), r.session or "-", "-" if r.seq is None else str(r.seq),
                       _when(r.received_at), str(len(r.payload)), text])
-    _print_table(_("Messages in {db}: {n}").format(db=db, n=len(rows)),
+    _print_table(_("Messages in {db}: {n}").format(db=redact(db), n=len(rows)),
                  ["#", _("client"), _("session"), _("seq"), _("received at"), _("bytes"), _("payload")], table)

@@ -14,7 +14,7 @@ import click
 from tcpulse.cli.alert import AlertsForServe, alert_options
 from tcpulse.cli.common import DEFAULT_PORT, _positive, error_text, fail, lang_option, run_loop
 from tcpulse.cli.console import ConsoleLog
-from tcpulse.errors import ConfigError
+from tcpulse.errors import ConfigError, TcpulseError
 from tcpulse.i18n import _
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.server import Server
@@ -63,6 +63,21 @@ __all__ = ["serve"]
 @click.option("--max-db-size", default="4G", show_default=True, metavar="SIZE",
               help="Largest size of the --db file (500M, 4G: powers of 1024); at the limit numbered messages get "
                    "ERR 503 until --retain frees space; 'none' for no limit.")
+# -- cluster (several nodes or workers as one: docs/cluster.md) --
+@click.option("--cluster", "cluster_url", default=None, metavar="redis://HOST:PORT/DB",
+              help="Join the cluster on this Redis: presence shared with the other nodes, takeover and sends "
+                   "across them (needs the cluster extra).")
+@click.option("--node-id", default=None, metavar="NAME",
+              help="This node's name in the cluster (letters, digits, . _ -) [default: HOSTNAME-PORT].")
+@click.option("--cluster-prefix", default="tcpulse", show_default=True, metavar="PREFIX",
+              help="Prefix of the cluster's Redis keys and channels (several clusters on one Redis).")
+@click.option("--lease-ttl", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a node's lease lives without renewal (renewed every third of it): a dead node's "
+                   "clients leave the view within about 4/3 of this.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Server processes on one port (SO_REUSEPORT), nodes of one --cluster; with a --db that "
+                   "several may write (postgresql://) or none.")
+@click.option("--worker", "worker_index", default=None, type=int, hidden=True)
 # -- admin (HTTP API, metrics, dashboard) --
 @click.option("--admin", default=None, metavar="HOST:PORT",
               help="Serve the admin API, /metrics and the live dashboard here, e.g. 127.0.0.1:8222 (off by default).")
@@ -136,6 +151,7 @@ def serve(**opts: Any) -> None:
     log_buffer = opts.pop("log_buffer")
     if quiet:
         opts["status_every"] = 0
+    _cluster_settings(opts)
     known = set(ServerConfig.__dataclass_fields__)
     cfg = ServerConfig(**{k: v for k, v in opts.items() if k in known})
     extra = {k: v for k, v in opts.items() if k not in known}
@@ -150,6 +166,43 @@ def serve(**opts: Any) -> None:
     finally:
         log.close()  # what the log still holds goes out (a reader that does not read gets 2 s)
     sys.exit(code)
+
+
+def _cluster_settings(opts: dict[str, Any]) -> None:
+    """Check --cluster, --node-id, --workers and --db together; run the workers' supervisor
+    for --workers N (it exits when they do); name this node."""
+    from tcpulse.store.dsn import is_postgres_url
+    from tcpulse.store.factory import NO_STORE
+    url, workers, worker = opts["cluster_url"], opts.pop("workers"), opts.pop("worker_index")
+    node_id = opts.pop("node_id")
+    db = opts.get("db") or NO_STORE
+    if workers > 1 and not url:
+        fail(_("--workers {n} needs --cluster redis://HOST:PORT/DB: the workers share their clients through "
+               "it").format(n=workers), 2)
+    if workers > 1 and db.lower() != NO_STORE and not is_postgres_url(db):
+        fail(_("--workers {n} with --db {db} could store a message twice (each worker would keep its own file): "
+               "use --db postgresql://... or --db none").format(n=workers, db=db), 2)
+    if node_id is not None and not url:
+        fail(_("--node-id names a node of a cluster: add --cluster redis://HOST:PORT/DB"), 2)
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        fail(_("--cluster {url}: expected redis://HOST:PORT/DB").format(url=url), 2)
+    if url:
+        try:
+            from tcpulse.cluster.redis import valid_node_id
+            from tcpulse.cluster.workers import default_node_id
+        except ImportError as e:
+            fail(_("--cluster needs the cluster extra ({missing} is not installed): in a checkout run "
+                   "bash scripts/setup.sh; otherwise pip install 'tcpulse[cluster]'").format(missing=e.name or e), 2)
+        name = node_id or default_node_id(opts["port"])
+        if not valid_node_id(name):
+            fail(_("--node-id {name}: use 1-64 letters, digits, '.', '_' or '-'").format(name=repr(name)), 2)
+        if workers > 1 and worker is None:
+            from tcpulse.cluster.workers import run_workers
+            sys.exit(run_workers(sys.argv[sys.argv.index("serve") + 1:] if "serve" in sys.argv else [], workers,
+                                 opts["host"], opts["port"], name, opts.get("admin")))
+        opts["server_id"] = name
+        if worker is not None:
+            opts["reuse_port"] = True
 
 
 def _sources(e: ValueError) -> str:
@@ -169,7 +222,7 @@ async def _listen(server: Server) -> None:
     cfg = server.config
     try:
         await server.start()
-    except StoreOpenError as e:
+    except (StoreOpenError, TcpulseError) as e:  # the store, the cluster: one line each
         fail(error_text(e))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
@@ -197,7 +250,13 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
                            max_db_size=extra.get("max_db_size"))
     except ValueError as e:  # a --retain or --max-db-size that cannot work
         fail(error_text(e), 2)
+    except StoreOpenError as e:  # a postgresql:// URL without its driver
+        fail(error_text(e), 2)
     server.use_store(store)  # --db none: MemoryStore
+    if extra.get("cluster_url"):
+        from tcpulse.cluster.redis import RedisCluster
+        server.use_cluster(RedisCluster(extra["cluster_url"], prefix=extra.get("cluster_prefix") or "tcpulse",
+                                        lease_ttl=extra.get("lease_ttl") or 3.0))
     admin = None
     if extra.get("admin"):
         from tcpulse.admin.auth import admin_authorize, admin_bind_error
@@ -215,6 +274,8 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         await _listen(server)
         # -- feature start: what runs beside the listening server (admin endpoint, alerts, ...) --
         serve_security_start(server, log)  # capacity line; SIGHUP re-reads the auth file
+        if extra.get("cluster_url"):
+            _say_cluster(log, server, extra["cluster_url"])
         if admin is not None:
             await admin.start()
             if alerts.alerter is not None:
@@ -249,6 +310,19 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         await admin.close()
     _say_stopped(log)
     return 0
+
+
+def _say_cluster(log: ConsoleLog, server: Server, url: str) -> None:
+    """One line: this node's name in the cluster, and the nodes it sees."""
+    from tcpulse.store.dsn import redact
+    nodes = server.cluster.node_ids()
+    if log.json:
+        from tcpulse.i18n.display import iso_ts
+        log.write_line(json.dumps({"ts": iso_ts(), "event": "cluster", "node": server.node_id, "url": redact(url),
+                                   "nodes": nodes}, separators=(",", ":")))
+    elif log.level != "quiet":
+        log.write_line(_("Cluster: this is node {node} of {n} on {url} ({nodes})").format(
+            node=server.node_id, n=len(nodes), url=redact(url), nodes=", ".join(nodes)))
 
 
 def _say_stopping(log: ConsoleLog, sig: signal.Signals, clients: int) -> None:

@@ -175,7 +175,16 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
     title = _("{server_id}: {n} client(s), {alive} alive, {suspect} suspect, up {uptime:.0f} s").format(
         server_id=server.get("server_id", "?"), n=counts.get("total", 0), alive=counts.get("alive", 0),
         suspect=counts.get("suspect", 0), uptime=server.get("uptime", 0))
+    cluster = server.get("cluster")
+    if cluster:  # a cluster: the whole cluster's counts, and a node column
+        title = _("{node} of a cluster of {nodes} node(s): {n} client(s), {alive} alive, {suspect} suspect").format(
+            node=cluster.get("node", "?"), nodes=cluster.get("nodes", 1), n=cluster["clients"].get("total", 0),
+            alive=cluster["clients"].get("alive", 0), suspect=cluster["clients"].get("suspect", 0))
+        if cluster.get("stale"):
+            title += " " + _("(the cluster cannot be reached: other nodes' rows are the last known)")
     table = Table(title=title, title_justify="left")
+    if cluster:
+        table.add_column(_("node"), no_wrap=True)
     for col, right in ((_("client"), False), (_("address"), False), (_("state"), False), (_("idle"), True),
                        (_("connected at"), False), (_("HEARTBEAT frames"), True), (_("messages"), True),
                        (_("in"), True), (_("out"), True), (_("RTT"), True), (_("interval/timeout"), True)):
@@ -184,11 +193,17 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
     colors = {"alive": "green", "suspect": "yellow", "dead": "red"}
     for r in clients.get("clients", []):
         st = r["state"]
-        table.add_row(
-            r["name"], r["addr"], f"[{colors.get(st, 'white')}]{names.get(st, st)}[/]", f"{r['idle']:.1f} s",
-            _when(r["connected_at"]), str(r["heartbeats"]), str(r["messages"]), _fmt_bytes(r["bytes_in"]),
-            _fmt_bytes(r["bytes_out"]), "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.2f} ms",
-            f"{r['heartbeat_interval']:g}/{r['heartbeat_timeout']:g} s")
+        # Another node's client: its counters are its node's (null in the API): shown as "-".
+        cells = [
+            r["name"], r["addr"], f"[{colors.get(st, 'white')}]{names.get(st, st)}[/]",
+            "-" if r["idle"] is None else f"{r['idle']:.1f} s", _when(r["connected_at"]),
+            "-" if r["heartbeats"] is None else str(r["heartbeats"]),
+            "-" if r["messages"] is None else str(r["messages"]),
+            "-" if r["bytes_in"] is None else _fmt_bytes(r["bytes_in"]),
+            "-" if r["bytes_out"] is None else _fmt_bytes(r["bytes_out"]),
+            "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.2f} ms",
+            f"{r['heartbeat_interval']:g}/{r['heartbeat_timeout']:g} s"]
+        table.add_row(*([str(r.get("node", ""))] if cluster else []), *cells)
     shown, total = clients.get("num_clients", 0), clients.get("total", 0)
     if shown < total:
         table.caption = _("showing {shown} of {total}: use --limit and --offset").format(shown=shown, total=total)
@@ -209,9 +224,10 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--token", default=None, envvar="TCPULSE_ADMIN_TOKEN", help="Bearer token of the admin API.")
+@click.option("--node", default=None, metavar="NAME", help="In a cluster: only the clients of this node.")
 @lang_option
 def status(admin: str, as_json: bool, watch: bool, every: float, state: str | None, sort: str, limit: int,
-           offset: int, token: str | None, lang: str | None) -> None:
+           offset: int, token: str | None, lang: str | None, node: str | None = None) -> None:
     """Show the clients of a running server (from its admin endpoint)."""
     try:
         base = base_url(admin)
@@ -220,6 +236,8 @@ def status(admin: str, as_json: bool, watch: bool, every: float, state: str | No
     params = {"sort": sort, "limit": str(limit), "offset": str(offset)}
     if state:
         params["state"] = state
+    if node:
+        params["node"] = node
     path = "/api/clients?" + urllib.parse.urlencode(params)
 
     def once() -> tuple[dict[str, Any], dict[str, Any]]:

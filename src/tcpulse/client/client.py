@@ -28,7 +28,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, Literal
 
 from tcpulse.client.errors import (
@@ -106,6 +106,27 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_server(text: str, default_port: int = 12345) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (a bare IPv6 address has no port) ->
+    (host, port).  Raises ValueError naming what is wrong."""
+    text = text.strip()
+    host, port_s = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise ValueError(f"{text!r}: write an IPv6 address as [::1]:{default_port}")
+        host, port_s = text[1:end], text[end + 2:]
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    if not host:
+        raise ValueError(f"{text!r}: no host")
+    if not port_s:
+        return host, default_port
+    if not port_s.isdigit() or not 0 < int(port_s) <= 65535:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return host, int(port_s)
+
+
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -137,7 +158,8 @@ class Client:
                  source_address: tuple[str, int] | None = None, wait_for_server: bool = False,
                  max_outbox: int | None = DEFAULT_MAX_OUTBOX, max_outbox_bytes: int | None = DEFAULT_MAX_OUTBOX_BYTES,
                  outbox_full: Literal["block", "raise"] = "block", max_inbox: int = DEFAULT_MAX_INBOX,
-                 max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES, write_limit: int = DEFAULT_WRITE_LIMIT) -> None:
+                 max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES, write_limit: int = DEFAULT_WRITE_LIMIT,
+                 servers: Sequence[str | tuple[str, int]] | None = None) -> None:
         if outbox_full not in ("block", "raise"):
             raise ValueError(f"outbox_full must be 'block' or 'raise' (got {outbox_full!r})")
         for name, v in (("max_outbox", max_outbox), ("max_outbox_bytes", max_outbox_bytes)):
@@ -145,8 +167,14 @@ class Client:
                 raise ValueError(f"{name} must be at least 1, or None for no limit (got {v})")
         if max_inbox < 0 or max_inbox_bytes < 1 or write_limit < 1:
             raise ValueError("max_inbox must be 0 or more, max_inbox_bytes and write_limit at least 1")
-        self.host = host
-        self.port = port
+        #: The servers to use, in order (`servers=`: the nodes of a cluster, or `(host, port)`
+        #: alone): after a failed attempt or a lost connection the next one is tried, with the
+        #: same backoff, and the session resumes there (`acked` comes from the shared store).
+        self.servers: list[tuple[str, int]] = [
+            parse_server(x, port) if isinstance(x, str) else (str(x[0]), int(x[1])) for x in servers or ()
+        ] or [(host, port)]
+        self._server_index = 0
+        self.host, self.port = self.servers[0]
         self._outbox_path: str | None = None
         self._outbox: Outbox | None = None
         self._session_name = session
@@ -268,7 +296,7 @@ class Client:
                 self._all_acked.set()
             self._room.set()
             try:
-                reader, writer = await self._connect_once()
+                reader, writer = await self._connect_first()
             except (ConnectError, ServerError) as e:
                 if not (self.wait_for_server and _worth_waiting(e)):
                     raise
@@ -626,6 +654,25 @@ class Client:
             raise ConnectError("os", N_("cannot connect to {host}:{port}: {error}"),
                                host=host, port=self.port, error=e.strerror or e) from e
 
+    def _next_server(self) -> None:
+        """Move on to the next server of the list (a no-op with one)."""
+        if len(self.servers) > 1:
+            self._server_index = (self._server_index + 1) % len(self.servers)
+            self.host, self.port = self.servers[self._server_index]
+
+    async def _connect_first(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """At start: each server once, in order, until one answers; the last failure if none
+        does (a failure waiting cannot mend, such as a bad token, at once)."""
+        for i in range(len(self.servers)):
+            try:
+                return await self._connect_once()
+            except (ConnectError, ServerError) as e:
+                if i == len(self.servers) - 1 or not _worth_waiting(e):
+                    raise
+                self._emit(RetryFailed(e))
+                self._next_server()
+        raise AssertionError("unreachable")
+
     async def _connect_once(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await self._open()
         try:
@@ -795,6 +842,9 @@ class Client:
             delay = self.backoff.next()
             self._emit(Reconnecting(delay, self.backoff.attempt))
             await asyncio.sleep(delay)
+            # Several servers: each attempt goes to the next (the one just lost, or just tried,
+            # is likely the one that is down).
+            self._next_server()
             try:
                 return await self._connect_once()
             except ServerError as e:
@@ -903,5 +953,6 @@ def _worth_waiting(e: ConnectError | ServerError) -> bool:
 
 def connect(host: str = "127.0.0.1", port: int = 12345, **kwargs: Any) -> Client:
     """Make a `Client`: `async with connect(...) as client:`, or `client = await connect(...)`.
-    The keyword arguments are `Client`'s."""
+    The keyword arguments are `Client`'s (`servers=["10.0.0.1:12345", "10.0.0.2:12345"]` for
+    several)."""
     return Client(host, port, **kwargs)

@@ -38,6 +38,9 @@ class ServerConfig:
     verbose: bool = False
     server_id: str | None = None
     backlog: int = 4096
+    #: SO_REUSEPORT: several processes listen on one port and the kernel spreads connections
+    #: over them (`serve --workers N`; their presence is shared through the cluster).
+    reuse_port: bool = False
     # -- security and limits (docs/security.md; 0 turns a limit off) --
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from tcpulse.errors import TcpulseError
 from tcpulse.policy.liveness import Detector, PhiDetector, State, Tracker, Verdict, clamp_interval
 from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Hello, Info, Msg, Ok
+from tcpulse.server.cluster import ClusterBackend, cluster_row
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.events import (
     Connected,
@@ -61,6 +63,9 @@ TIMEOUT_SLICE = 0.002
 #: Failed TLS handshakes reported one by one per second; the rest are counted (a flood of bad
 #: handshakes must not become a flood of log lines).
 HANDSHAKE_REPORTS_PER_SEC = 5
+#: The interval a client is held to while the cluster holds the answer to its HELLO (a deadline
+#: far off: it is not judged meanwhile).
+HELD_INTERVAL = 3600.0
 #: Seconds a connection that said BYE (or sent a bad frame) waits for the store to commit what
 #: came before, so that its ACK goes out before the close (PROTOCOL.md, "Errors").
 FINISH_WAIT = 5.0
@@ -124,6 +129,11 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The cluster backend (None: a single server), and every served connection by its
+        #: number, for the backend's requests (release, fenced_out: ClusterHost); kept only in a
+        #: cluster (a single server spares the entry per client).
+        self.cluster: ClusterBackend | None = None
+        self.by_conn: dict[int, Peer] = {}
 
     # ---------------------------------------------------------------- basics
 
@@ -319,6 +329,8 @@ class Hub:
             return  # refused with ERR 503 (server full, or too many from this address)
         now = self.now()
         self.registry.add(c)
+        if self.cluster is not None:
+            self.by_conn[c.conn_id] = c
         self.totals["connections"] += 1
         assert self.info is not None
         c.send_frame(self.info)
@@ -335,6 +347,7 @@ class Hub:
         self.paused.discard(c)
         if not self.registry.remove(c):
             return
+        self.by_conn.pop(c.conn_id, None)
         self.tracker.remove(c)
         reason = c.reason or DisconnectReason.EOF
         if c.id is not None or not self.guard.auth_required:
@@ -416,6 +429,7 @@ class Hub:
             c.fail(ErrorCode.UNAVAILABLE, "store unavailable: try again later")
             return
         acked = 0
+        claimed = self.cluster is None
         try:
             while True:
                 old = self.registry.owner(hello.id)
@@ -428,6 +442,14 @@ class Hub:
                     await self.store.flush()
                 if c.closed:
                     return
+                if not claimed:
+                    # The same across nodes (server/cluster.py): the owner elsewhere says BYE
+                    # replaced and stores what it has before the claim returns.
+                    claimed = True
+                    if not await self._claim(c, hello.id):
+                        return
+                    if c.closed:
+                        return
                 if hello.session is not None:
                     acked = await self.store.acked(hello.id, hello.session)
                 if c.closed:
@@ -451,6 +473,71 @@ class Hub:
         # Measure the round trip once, right after the handshake.
         c.ping()
         c.resume()
+
+    async def _claim(self, c: Peer, client_id: str) -> bool:
+        assert self.cluster is not None
+        # While the cluster holds the answer to its HELLO (a takeover waits for the other node,
+        # up to its lease), the client is not judged: its silence is the server's doing.
+        # (Its deadline is put far off, not removed: it stays "alive" to observers meanwhile.)
+        self.tracker.set_interval(c, self.now(), HELD_INTERVAL, 2 * HELD_INTERVAL)
+        try:
+            won = await self.cluster.claim(client_id, c.conn_id)
+        except TcpulseError as e:
+            c.fail(ErrorCode.UNAVAILABLE, f"{e}: try again later")
+            return False
+        finally:
+            if not c.closed:
+                self.tracker.set_interval(c, self.now(), c.interval, c.timeout)
+                self.arm()
+        if not won:
+            # A newer HELLO for this id claimed it meanwhile (on this node or another).
+            c.say_bye("replaced", DisconnectReason.REPLACED)
+        return won and not c.closed
+
+    # ---------------------------------------------------------------- the cluster's host (ClusterHost)
+
+    @property
+    def node_id(self) -> str:
+        return self.server_id
+
+    def local_rows(self) -> list[dict[str, Any]]:
+        now, wall = self.now(), time.time()
+        return [cluster_row(c.view, self.server_id, now, wall) for c in self.registry]
+
+    async def release(self, conn_id: int) -> None:
+        c = self.by_conn.get(conn_id)
+        if c is None or c.closed:
+            return
+        c.say_bye("replaced", DisconnectReason.REPLACED)
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            await asyncio.wait_for(self.store.flush(), FINISH_WAIT)
+
+    def fenced_out(self, conn_id: int) -> None:
+        c = self.by_conn.get(conn_id)
+        if c is not None and not c.closed:
+            c.say_bye("replaced", DisconnectReason.REPLACED)
+
+    def deliver(self, client_id: str, payload: bytes) -> bool:
+        c = self.registry.find(client_id)
+        if c is None or c.closed:
+            return False
+        c.send_frame(Msg(payload=payload))
+        return True
+
+    def deliver_all(self, payload: bytes) -> int:
+        msg = Msg(payload=payload)
+        n = 0
+        for c in list(self.registry):
+            if not c.closed:
+                c.send_frame(msg)
+                n += 1
+        return n
+
+    def warn(self, text: str, fields: dict[str, Any]) -> None:
+        self.emit(Warning_(text, fields))
+
+    def subscribe_rare(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        return self.subscribe(callback, messages=False, batch_messages=False, heartbeats=False)
 
     # ---------------------------------------------------------------- deadlines
 

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tcpulse.errors import N_, ConfigError, TcpulseError
-from tcpulse.protocol.events import Info, Msg
+from tcpulse.protocol.events import Info
+from tcpulse.server.cluster import ClusterBackend, ClusterView, NodeRow
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.connection import ServerConnection
 from tcpulse.server.events import EventsDropped, Listening, ServerEvent, Status, Warning_
@@ -60,6 +61,7 @@ class Server:
         self.port = 0
         self.host = self.config.host
         self.sockets: list[socket.socket] = []
+        self._cluster = ClusterView(self.server_id, self._hub.local_rows, self._local_node)
 
     # ---------------------------------------------------------------- what there is to see
 
@@ -116,6 +118,31 @@ class Server:
     def status_rows(self) -> list[dict[str, Any]]:
         now = self.now()
         return [c.view.snapshot(now) for c in sorted(self._hub.registry, key=lambda c: c.conn_id)]
+
+    # ---------------------------------------------------------------- the cluster
+
+    def use_cluster(self, backend: ClusterBackend) -> None:
+        """Join a cluster through `backend` (call before `start()`): presence shared with the
+        other nodes, takeover and `send` across them (server/cluster.py, docs/cluster.md).
+        `server_id` is this node's name in the cluster."""
+        self._hub.cluster = backend
+        backend.view = self._cluster
+        self._cluster.enabled = True
+
+    @property
+    def cluster(self) -> ClusterView:
+        """The whole cluster as this node sees it: `nodes()`, `clients(node=None)` as rows,
+        `subscribe()` for the other nodes' changes, `stale`.  Without a cluster, a view of this
+        server alone (`enabled` False)."""
+        return self._cluster
+
+    @property
+    def node_id(self) -> str:
+        """This server's name in its cluster (its `server_id`)."""
+        return self.server_id
+
+    def _local_node(self) -> NodeRow:
+        return NodeRow(self.server_id, self.host, self.port, os.getpid(), self.started_at, local=True)
 
     # ---------------------------------------------------------------- events
 
@@ -183,21 +210,25 @@ class Server:
     # ---------------------------------------------------------------- acting on clients
 
     def send(self, client_id: str, payload: bytes | str) -> bool:
-        """Send a message to one client (by HELLO id or address).  False if not connected."""
-        c = self._hub.registry.find(client_id)
-        if c is None or c.closed:
-            return False
-        c.send_frame(Msg(payload=_to_bytes(payload)))
-        return True
+        """Send a message to one client (by HELLO id or address).  False if not connected.
+
+        In a cluster, a client of another node is reached through it (by HELLO id): True then
+        means handed to the cluster for the node the view says holds it (best effort, as any
+        server `MSG`)."""
+        data = _to_bytes(payload)
+        if self._hub.deliver(client_id, data):
+            return True
+        cluster = self._hub.cluster
+        return cluster is not None and cluster.route(client_id, data)
 
     def broadcast(self, payload: bytes | str) -> int:
-        """Send a message to every connected client; returns how many it went to."""
-        msg = Msg(payload=_to_bytes(payload))
-        n = 0
-        for c in list(self._hub.registry):
-            if not c.closed:
-                c.send_frame(msg)
-                n += 1
+        """Send a message to every connected client; returns how many it went to (in a
+        cluster: this node's clients plus those the view knows on the others)."""
+        data = _to_bytes(payload)
+        n = self._hub.deliver_all(data)
+        cluster = self._hub.cluster
+        if cluster is not None:
+            n += cluster.broadcast(data)
         return n
 
     def reload_auth(self) -> None:
@@ -207,7 +238,8 @@ class Server:
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        """Open the store and start listening.  Raises OSError (port in use, ...) as is."""
+        """Open the store, start listening, and join the cluster if there is one.  Raises OSError
+        (port in use, ...) as is, and the backend's TcpulseError if it cannot join."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         hub = self._hub
@@ -232,7 +264,7 @@ class Server:
             def factory() -> asyncio.Protocol:
                 return Handshake(hub, ctx, wait)
         self._server = await loop.create_server(
-            factory, cfg.host, cfg.port, reuse_address=True,
+            factory, cfg.host, cfg.port, reuse_address=True, reuse_port=cfg.reuse_port or None,
             backlog=min(ACCEPT_BATCH, cfg.backlog) if plain_asyncio else cfg.backlog)
         if plain_asyncio:
             for ts in self._server.sockets:
@@ -242,6 +274,13 @@ class Server:
         sockname = self.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         self.started_at = time.time()
+        if hub.cluster is not None:
+            try:
+                await hub.cluster.start(hub)
+            except BaseException:
+                self._server.close()
+                await hub.store.close()
+                raise
         hub.emit(Listening(cfg.host, self.port, cfg.heartbeat_interval, cfg.heartbeat_timeout, hub.store.durable))
         for w in hub.store.warnings:  # the store's files: a directory others can write to, ...
             hub.emit(Warning_(str(w), {"store_warning": w.kind}, error=w))
@@ -272,6 +311,10 @@ class Server:
             c.say_bye("shutdown", DisconnectReason.SHUTDOWN)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(hub.store.flush(), grace)
+        if hub.cluster is not None:
+            # Leave the cluster: this node's clients leave the other nodes' views at once.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(hub.cluster.close(), max(1.0, deadline - loop.time()))
         while (hub.registry or hub.lingerers) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for c in [*hub.registry, *hub.lingerers]:

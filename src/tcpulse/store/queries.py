@@ -3,8 +3,9 @@
     rows = read_connections("tcpulse.db", client_id="sensor-7", since=time.time() - 3600, limit=50)
 
 The queries behind `tcpulse history` and `tcpulse messages`, for any program that wants the
-same answers.  Each opens the file only to read it, and may run beside a live server (WAL lets
-readers in while it writes): a read-write handle with `query_only` on (`sqlite.open_reader`), so
+same answers; `path` may also be a `postgresql://` URL (the shared store, store/postgres.py).
+Each opens the file only to read it, and may run beside a live server (WAL lets readers in
+while it writes): a read-write handle with `query_only` on (`sqlite.open_reader`), so
 that, as the last connection to close once the server has stopped, it folds the WAL back and
 leaves no `-wal` or `-shm` file behind.  A file that is missing, not SQLite, not a tcpulse
 database or from a newer tcpulse raises a `StoreOpenError` (one line, to be shown as is, or, for
@@ -19,6 +20,7 @@ from typing import Any
 
 from tcpulse.errors import N_
 from tcpulse.store.base import StoreOpenError
+from tcpulse.store.dsn import is_postgres_url
 from tcpulse.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, check_database, open_reader
 
 __all__ = [
@@ -112,12 +114,12 @@ _CONNECTIONS = (
     "SELECT * FROM (SELECT c.id, c.client_id, c.addr, c.connected_at, c.ended_at, c.end_reason, "
     "c.detail, c.heartbeats, c.messages, c.rtt, t.silent_for, t.late_by, t.phi "
     "FROM connections c LEFT JOIN timeouts t ON t.connection_id = c.id{where} "
-    "ORDER BY c.connected_at DESC, c.id DESC LIMIT ?) ORDER BY connected_at, id")
+    "ORDER BY c.connected_at DESC, c.id DESC LIMIT ?) AS r ORDER BY connected_at, id")
 
 _MESSAGES = (
     "SELECT * FROM (SELECT m.id, s.client_id, s.session, m.seq, m.received_at, m.payload "
     "FROM messages m JOIN sessions s ON s.id = m.session_id{where} "
-    "ORDER BY m.id DESC LIMIT ?) ORDER BY id")
+    "ORDER BY m.id DESC LIMIT ?) AS r ORDER BY id")
 
 
 def _run(path: str, sql: str, client_col: str, at_col: str, client_id: str | None, since: float | None,
@@ -133,6 +135,11 @@ def _run(path: str, sql: str, client_col: str, at_col: str, client_id: str | Non
         where.append(f"{at_col} >= ?")
         args.append(since)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
+    if is_postgres_url(path):
+        # The shared store (store/postgres.py): the same tables, PostgreSQL's placeholders, and
+        # NULL for "no limit".
+        from tcpulse.store.postgres import read_rows
+        return read_rows(path, sql.format(where=clause).replace("?", "%s"), [*args, limit])
     con = open_database(path)
     try:
         # LIMIT -1: SQLite's "no limit".

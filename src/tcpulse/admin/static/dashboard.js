@@ -14,6 +14,7 @@
 
   const ZH = {
     "connecting…": "连接中…", "live": "实时", "reconnecting…": "重新连接中…",
+    "node": "节点", "nodes": "个节点", "stale": "集群视图已过期",
     "connected": "已连接", "alive": "正常", "suspect": "疑似超时", "timed out": "超时", "closed": "已断开",
     "closing": "断开中", "messages": "消息", "msg/s": "消息/秒", "connections": "累计连接",
     "connected clients": "已连接客户端", "messages per second": "每秒消息数",
@@ -128,7 +129,8 @@
   }
   // Seconds as settings read: 0.6, not 0.6000000000000001.
   function fmtS(x) { return String(Number(Number(x).toPrecision(3))); }
-  function num(n) { return n >= 10000 ? n.toLocaleString("en-US") : String(n); }
+  // Another node's client (a cluster) has no counters here: "-".
+  function num(n) { return n == null ? "-" : n >= 10000 ? n.toLocaleString("en-US") : String(n); }
   function secs(s) { return s < 10 ? s.toFixed(1) : String(Math.round(s)); }
   // Lateness of a timeout: under a millisecond it reads as such, never "0.0 ms".
   function lateText(ms) { return ms < 1 ? "< 1 ms" : ms < 100 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`; }
@@ -147,6 +149,7 @@
     for (const c of COLS) {
       const td = document.createElement("td");
       if (NUMERIC.has(c)) td.className = "num";
+      if (c === "node") td.className = "node-col";
       tr.appendChild(td);
       cells[c] = td;
     }
@@ -166,7 +169,8 @@
     tr._row = r;
     c.name.textContent = r.name;
     c.name.title = r.name;
-    c.addr.textContent = r.addr;
+    // In a cluster each client says which node holds it (admin/cluster.py).
+    c.addr.textContent = r.node ? `${r.addr} @ ${r.node}` : r.addr;
     c.badge.className = "badge " + r.state;
     c.badge.textContent = stateText(r.state);
     c.badge.title = r.detail || r.reason || "";
@@ -175,7 +179,7 @@
     c.addr.title = r.addr;
     c.heartbeats.textContent = num(r.heartbeats);
     c.messages.textContent = num(r.messages);
-    c.bytes.textContent = `${bytes(r.bytes_in)} / ${bytes(r.bytes_out)}`;
+    c.bytes.textContent = r.bytes_in == null ? "-" : `${bytes(r.bytes_in)} / ${bytes(r.bytes_out)}`;
     c.rtt.textContent = r.rtt_ms == null ? "-" : `${r.rtt_ms.toFixed(2)} ms`;
     c.hb.textContent = `${fmtS(r.heartbeat_interval)}/${fmtS(r.heartbeat_timeout)} s`;
     heard(tr);
@@ -387,8 +391,11 @@
       if (s.lang && !params.get("lang")) { lang = s.lang; translatePage(); }
       $("#server-id").textContent = s.server_id;
       const host = s.host.includes(":") ? `[${s.host}]` : s.host;
+      const cl = s.cluster;  // a cluster: this node, how many, and whether the view is current
       $("#server-info").textContent = `${host}:${s.port} · ${T("heartbeat")} ${fmtS(s.heartbeat_interval)} s · ` +
-                                       `${T("timeout")} ${fmtS(s.heartbeat_timeout)} s`;
+                                       `${T("timeout")} ${fmtS(s.heartbeat_timeout)} s` +
+                                       (cl ? ` · ${T("node")} ${cl.node} (${cl.nodes} ${T("nodes")})` +
+                                             (cl.stale ? ` · ${T("stale")}` : "") : "");
       history = msg.history || [];
       sampleEvery = msg.sample_every || 1;
       if (history.length) takeTotals(history[history.length - 1]);
