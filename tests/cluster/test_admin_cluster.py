@@ -65,7 +65,8 @@ async def test_any_node_shows_the_whole_cluster(two: Any, redis: Redis) -> None:
     await here.hello("here")
     there = await RawClient.open(b.port)
     await there.hello("there")
-    await until(lambda: len(a.cluster.clients()) == 2)
+    # Each node publishes a connection when it opens and again after its HELLO, with its name.
+    await until(lambda: {r["name"] for r in a.cluster.clients()} == {"here", "there"})
     got = await get(admin, "/api/clients")
     assert {(r["name"], r["node"]) for r in got["clients"]} == {("here", "a"), ("there", "b")}
     assert got["total"] == 2
