@@ -126,6 +126,12 @@ def test_serve_admin_over_https_and_status_reads_it(server_process: Any, pem: di
     assert json.loads(r.stdout)["total"] == 0
     r = run("status", "--admin", url, "--json", env={"SSL_CERT_FILE": os.devnull})
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
+    # Or with --ca, as `connect --ca` (the system's CAs left out of it).
+    r = run("status", "--admin", url, "--json", "--ca", pem["ca"], env={"SSL_CERT_FILE": os.devnull})
+    assert r.returncode == 0 and json.loads(r.stdout)["total"] == 0, r.stderr
+    r = run("status", "--admin", url, "--ca", os.devnull)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--ca" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
     assert proc.terminate() == 0
 
 
@@ -140,3 +146,6 @@ def test_serve_admin_tls_mistakes_are_one_line(pem: dict[str, str], tmp_path: Pa
     assert "Traceback" not in r.stderr
     r = run(*base, "--admin-tls-cert", pem["cert"], "--lang", "zh")
     assert r.returncode == 2 and "--admin-tls-key" in r.stderr and "成对使用" in r.stderr, r.stderr
+    # Without --admin there is no endpoint to serve over TLS: said, not ignored.
+    r = run("serve", "--port", "0", "--db", "none", "--admin-tls-cert", pem["cert"], "--admin-tls-key", pem["key"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs --admin" in r.stderr, r.stderr

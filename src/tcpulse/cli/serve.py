@@ -258,6 +258,11 @@ async def _serve(cfg: ServerConfig, log: ConsoleLog, grace: float, extra: dict[s
         server.use_cluster(RedisCluster(extra["cluster_url"], prefix=extra.get("cluster_prefix") or "tcpulse",
                                         lease_ttl=extra.get("lease_ttl") or 3.0))
     admin = None
+    if not extra.get("admin"):  # admin settings with no admin endpoint were silently ignored
+        given = [f for f, k in (("--admin-tls-cert", "admin_tls_cert"), ("--admin-tls-key", "admin_tls_key"))
+                 if extra.get(k)]
+        if given:
+            fail(_("{flag} needs --admin HOST:PORT (the admin endpoint is off without it)").format(flag=given[0]), 2)
     if extra.get("admin"):
         from tcpulse.admin.auth import admin_authorize, admin_bind_error
         from tcpulse.cli.status import AdminForServe

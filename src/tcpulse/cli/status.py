@@ -112,20 +112,32 @@ def base_url(spec: str) -> str:
     return f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}"
 
 
-def _opener(base: str) -> urllib.request.OpenerDirector:
+def _opener(base: str, ca: str | None = None) -> urllib.request.OpenerDirector:
     """An HTTP client that goes straight to a loopback admin endpoint (the default), whatever
-    `http_proxy` says: a proxy cannot reach this machine's 127.0.0.1."""
-    loopback = is_loopback_host(urllib.parse.urlsplit(base).hostname or "")
-    return urllib.request.build_opener(urllib.request.ProxyHandler({})) if loopback else urllib.request.build_opener()
+    `http_proxy` says: a proxy cannot reach this machine's 127.0.0.1.  With `ca`, HTTPS trusts
+    the certificates of that PEM file (a private CA, as for `connect --ca`)."""
+    handlers: list[urllib.request.BaseHandler] = []
+    if is_loopback_host(urllib.parse.urlsplit(base).hostname or ""):
+        handlers.append(urllib.request.ProxyHandler({}))
+    if ca is not None:
+        import ssl
+        try:
+            ctx = ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as e:
+            raise AdminError(_("--ca {path}: cannot read it as PEM certificates ({reason})").format(
+                path=ca, reason=getattr(e, "strerror", None) or e)) from None
+        handlers.append(urllib.request.HTTPSHandler(context=ctx))
+    return urllib.request.build_opener(*handlers)
 
 
-def fetch(base: str, path: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
-    """GET `base + path` as JSON.  Raises AdminError with a line fit for the user."""
+def fetch(base: str, path: str, token: str | None, timeout: float = 5.0, ca: str | None = None) -> dict[str, Any]:
+    """GET `base + path` as JSON (HTTPS verified with `ca` if given, else the system's CAs).
+    Raises AdminError with a line fit for the user."""
     req = urllib.request.Request(base + path, headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with _opener(base).open(req, timeout=timeout) as resp:
+        with _opener(base, ca).open(req, timeout=timeout) as resp:
             body = resp.read()
     except urllib.error.HTTPError as e:
         if e.code == 401:
@@ -225,9 +237,12 @@ def render_table(server: dict[str, Any], clients: dict[str, Any]) -> Any:
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--token", default=None, envvar="TCPULSE_ADMIN_TOKEN", help="Bearer token of the admin API.")
 @click.option("--node", default=None, metavar="NAME", help="In a cluster: only the clients of this node.")
+@click.option("--ca", default=None, metavar="FILE",
+              help="PEM CA certificate(s) to verify an https:// admin endpoint with (serve --admin-tls-cert), "
+                   "instead of the system's.")
 @lang_option
 def status(admin: str, as_json: bool, watch: bool, every: float, state: str | None, sort: str, limit: int,
-           offset: int, token: str | None, lang: str | None, node: str | None = None) -> None:
+           offset: int, token: str | None, lang: str | None, node: str | None = None, ca: str | None = None) -> None:
     """Show the clients of a running server (from its admin endpoint)."""
     try:
         base = base_url(admin)
@@ -241,7 +256,7 @@ def status(admin: str, as_json: bool, watch: bool, every: float, state: str | No
     path = "/api/clients?" + urllib.parse.urlencode(params)
 
     def once() -> tuple[dict[str, Any], dict[str, Any]]:
-        return fetch(base, "/api/server", token), fetch(base, path, token)
+        return fetch(base, "/api/server", token, ca=ca), fetch(base, path, token, ca=ca)
 
     try:
         srv, clients = once()
