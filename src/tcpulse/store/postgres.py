@@ -29,32 +29,26 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from tcpulse.errors import N_
-from tcpulse.store.base import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
+from tcpulse.store.base import SessionKey, StoreOpenError, StoreUnavailable
 from tcpulse.store.dsn import is_postgres_url, redact
+from tcpulse.store.writer import STOP, Flush, WriterStore
 
 __all__ = ["MAX_BATCH", "PG_SCHEMA_VERSION", "PostgresStore", "is_postgres_url", "read_rows", "redact"]
 
 #: Most operations in one transaction (as sqlite.MAX_BATCH).
 MAX_BATCH = 50_000
-#: What a queued message costs beyond its payload (sqlite.MSG_OVERHEAD).
-MSG_OVERHEAD = 100
-#: History records held while failing; beyond, dropped and counted (sqlite.MAX_FAILING_RECORDS).
-MAX_FAILING_RECORDS = 100_000
 #: The schema version this module writes (the table `tcpulse_schema`).
 PG_SCHEMA_VERSION = 1
 #: Seconds a connection attempt may take before the store counts as unreachable.
 CONNECT_TIMEOUT = 5
 
-_STOP = object()
 
 #: The tables, created by the first node that opens the database (under an advisory lock, so
 #: that nodes starting together do not race).  Times are seconds since the epoch, as in SQLite.
@@ -131,14 +125,8 @@ _RAISE_HIGHS = (
     "FROM unnest(%s::bigint[], %s::bigint[]) AS v(i, h) WHERE sessions.id = v.i")
 
 
-class _Flush:
-    __slots__ = ("fut",)
 
-    def __init__(self, fut: asyncio.Future[None]) -> None:
-        self.fut = fut
-
-
-class PostgresStore(Store):
+class PostgresStore(WriterStore):
     """Keeps connections, timeouts and messages in PostgreSQL (see the module docstring).
 
     `retry_every`: seconds between attempts while the database cannot be written.  `server_id`
@@ -153,25 +141,14 @@ class PostgresStore(Store):
         self.name = redact(url)
         self.server_id = server_id
         self.retry_every = retry_every
-        self.failing = False
-        self.failure: str | None = None
-        #: Unnumbered messages dropped while failing; history records dropped past the cap.
-        self.dropped = 0
-        self.dropped_records = 0
-        self._failing_records = 0
         #: Transactions committed and message rows in them; numbered messages the database
         #: refused as stored already (a duplicate another node or an earlier batch stored).
         self.commits = 0
         self.committed_messages = 0
         self.duplicates = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._buf: list[Any] = []
-        self._handing = False
-        self._q: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_con: psycopg.Connection[Any] | None = None
-        self._flushes: set[asyncio.Future[None]] = set()
         self._run_id = 0
         # Writer thread only: the database row of each of this run's connections.
         self._conn_rows: dict[int, int] = {}
@@ -193,7 +170,7 @@ class PostgresStore(Store):
         if self._thread is None:
             return
         self._hand_over()
-        self._q.put([_STOP])
+        self._q.put([STOP])
         thread, self._thread = self._thread, None
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
         if self._reader is not None:
@@ -211,92 +188,7 @@ class PostgresStore(Store):
         except psycopg.Error as e:
             raise StoreUnavailable(f"cannot read {self.name}: {_one_line(e)}") from e
 
-    def add_message(self, rec: MessageRecord) -> None:
-        self.add_messages(rec.client_id, rec.session, rec.conn_id, rec.received_at, [rec])
-
-    def add_messages(self, client_id: str, session: str | None, conn_id: int, received_at: float,
-                     msgs: list[Any]) -> None:
-        if self.failing:
-            kept = [m for m in msgs if m.seq is not None]
-            self.dropped += len(msgs) - len(kept)
-            if not kept:
-                return
-            msgs = kept
-        size = MSG_OVERHEAD * len(msgs)
-        for m in msgs:
-            size += len(m.payload)
-        self.backlog += size
-        self._push(("m", client_id, session, conn_id, received_at, msgs, size))
-
-    async def flush(self) -> None:
-        if self.failing:
-            raise StoreUnavailable(self.failure or "store unavailable")
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._flushes.add(fut)
-        fut.add_done_callback(self._flushes.discard)
-        self._push(_Flush(fut))
-        await fut
-
-    def record_connection(self, rec: ConnectionRecord) -> None:
-        if self.failing and self._shed_record():
-            return
-        self._push(("c", rec.conn_id, rec.client_id, rec.addr, rec.connected_at, rec.ended_at,
-                    rec.end_reason, rec.heartbeats, rec.messages, rec.rtt, rec.detail))
-
-    def record_timeout(self, conn_id: int, client_id: str | None, at: float, silent_for: float,
-                       late_by: float, phi: float | None = None) -> None:
-        if self.failing and self._shed_record():
-            return
-        self._push(("t", conn_id, client_id, at, silent_for, late_by, phi))
-
-    def _shed_record(self) -> bool:
-        self._failing_records += 1
-        if self._failing_records <= MAX_FAILING_RECORDS:
-            return False
-        self.dropped_records += 1
-        return True
-
     # ---------------------------------------------------------------- loop <-> writer
-
-    def _push(self, op: Any) -> None:
-        self._buf.append(op)
-        if not self._handing:
-            self._handing = True
-            assert self._loop is not None, "open() first"
-            self._loop.call_soon(self._hand_over)
-
-    def _hand_over(self) -> None:
-        self._handing = False
-        if self._buf:
-            self._q.put(self._buf)
-            self._buf = []
-
-    def _report(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(fn, *args)
-
-    def _committed(self, highs: dict[SessionKey, int], flushes: list[_Flush], done: int) -> None:
-        self.backlog -= done
-        if (highs or done) and self._listener is not None:
-            self._listener(highs)
-        for f in flushes:
-            if not f.fut.done():
-                f.fut.set_result(None)
-
-    def _state_changed(self, failing: bool, text: str) -> None:
-        self.failing = failing
-        self.failure = text if failing else None
-        if not failing:
-            self._failing_records = 0
-        else:
-            for fut in list(self._flushes):
-                if not fut.done():
-                    fut.set_exception(StoreUnavailable(text))
-        if self._state_listener is not None:
-            self._state_listener(failing, text)
 
     # ---------------------------------------------------------------- the writer thread
 
@@ -355,7 +247,7 @@ class PostgresStore(Store):
                 else:
                     ops = self._q.get()
                     self._drain(ops, MAX_BATCH)
-                if ops and ops[-1] is _STOP:
+                if ops and ops[-1] is STOP:
                     stopping = True
                     ops.pop()
                 try:
@@ -378,7 +270,7 @@ class PostgresStore(Store):
                     if stopping:
                         if time.monotonic() - failed_since > 2.0:
                             return  # never acknowledged: the clients send it again
-                        ops.append(_STOP)
+                        ops.append(STOP)
                     held = ops
                     time.sleep(self.retry_every)
                     continue
@@ -399,19 +291,12 @@ class PostgresStore(Store):
                 with contextlib.suppress(Exception):
                     con.close()
 
-    def _drain(self, ops: list[Any], limit: int | None) -> None:
-        while (limit is None or len(ops) < limit) and not (ops and ops[-1] is _STOP):
-            try:
-                ops.extend(self._q.get_nowait())
-            except queue.Empty:
-                return
-
     def _write(self, con: psycopg.Connection[Any], ops: list[Any]) -> None:
         """Write `ops` in one transaction (see the module docstring); report what it stored."""
         batches: list[tuple[SessionKey, int, int, float, list[Any]]] = []
         keys: set[SessionKey] = set()
         records: list[tuple[Any, ...]] = []
-        flushes: list[_Flush] = []
+        flushes: list[Flush] = []
         done = 0
         for op in ops:
             if type(op) is tuple and op[0] == "m":
@@ -422,7 +307,7 @@ class PostgresStore(Store):
                 batches.append((key, conn_id, 0 if sess is None else 1, at, items))
             elif type(op) is tuple:
                 records.append(op)
-            elif type(op) is _Flush:
+            elif type(op) is Flush:
                 flushes.append(op)
         new_rows: dict[int, int] = {}
         ended: list[int] = []

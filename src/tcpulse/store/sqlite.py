@@ -29,15 +29,15 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tcpulse.errors import N_, ConfigError
 from tcpulse.store import files
-from tcpulse.store.base import ConnectionRecord, MessageRecord, SessionKey, Store, StoreOpenError, StoreUnavailable
+from tcpulse.store.base import SessionKey, StoreOpenError, StoreUnavailable
 from tcpulse.store.retention import PRUNE_EVERY, Pruner, parse_duration, parse_size
 from tcpulse.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, statements
+from tcpulse.store.writer import STOP, Flush, WriterStore
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "check_database", "open_reader"]
 
@@ -48,18 +48,6 @@ MAX_BATCH = 50_000
 #: forgotten (the database keeps them, and they are read back when used again).  About 400 bytes
 #: each: 50,000 hold far more than the clients one server serves at once, in some 20 MB.
 MAX_SESSIONS = 50_000
-
-#: History records (connections, timeouts) held while the store is failing; beyond, they are
-#: dropped and counted (`dropped_records`), so that a store failing for long (full, at its size
-#: limit) does not grow the server's memory with every connection attempt.  Messages are not:
-#: numbered senders are refused with `ERR 503` meanwhile (base.py).
-MAX_FAILING_RECORDS = 100_000
-
-_STOP = object()
-
-#: What a queued message costs in memory beyond its payload (the frame object, its place in the
-#: lists): the unit of `backlog` is an estimate of the memory it holds, not the payload bytes.
-MSG_OVERHEAD = 100
 
 #: Seconds between WAL checkpoints while writing (in the checkpointer thread).
 CHECKPOINT_EVERY = 1.0
@@ -82,12 +70,6 @@ def _insert_messages(con: sqlite3.Connection, flat: list[Any]) -> None:
     if full < len(flat):
         con.executemany(_INSERT_ONE, (flat[i:i + ROW_PARAMS] for i in range(full, len(flat), ROW_PARAMS)))
 
-
-class _Flush:
-    __slots__ = ("fut",)
-
-    def __init__(self, fut: asyncio.Future[None]) -> None:
-        self.fut = fut
 
 
 def open_reader(path: str) -> sqlite3.Connection:
@@ -123,7 +105,7 @@ def check_database(path: str) -> tuple[int, int]:
     return int(app), int(ver)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(WriterStore):
     """Keeps connections, timeouts and messages in an SQLite file (see module docstring).
 
     `busy_timeout`: how long a write waits for a lock held by another process before the store
@@ -156,26 +138,14 @@ class SQLiteStore(Store):
         self.retry_every = retry_every
         self.max_page_count = max_page_count
         self.server_id = server_id
-        self.failing = False
-        self.failure: str | None = None
-        #: Unnumbered messages dropped while failing (fire-and-forget: nobody will send them again).
-        self.dropped = 0
-        #: History records dropped while failing, beyond MAX_FAILING_RECORDS.
-        self.dropped_records = 0
-        self._failing_records = 0
         #: Sessions forgotten from memory (MAX_SESSIONS), not from the database.
         self.evicted = 0
         #: Figures for the curious (bench, admin): transactions committed and rows in them.
         self.commits = 0
         self.committed_messages = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._buf: list[Any] = []
-        self._handing = False
-        self._q: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
-        self._flushes: set[asyncio.Future[None]] = set()
         self._run_id = 0
         # Owned by the writer thread; the loop only reads `_high` (a dict get is atomic).  Both
         # hold only what is committed, have the same keys, and are bounded by `max_sessions`
@@ -209,7 +179,7 @@ class SQLiteStore(Store):
         if self._thread is None:
             return
         self._hand_over()
-        self._q.put([_STOP])
+        self._q.put([STOP])
         thread = self._thread
         self._thread = None
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
@@ -230,104 +200,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot read {self.path}: {e}") from e
 
-    def add_message(self, rec: MessageRecord) -> None:
-        self.add_messages(rec.client_id, rec.session, rec.conn_id, rec.received_at, [rec])
-
-    def add_messages(self, client_id: str, session: str | None, conn_id: int, received_at: float,
-                     msgs: list[Any]) -> None:
-        """Queue one read's messages as one item (`msgs`: anything with `.seq` and `.payload`)."""
-        if self.failing:
-            # Fire-and-forget messages are dropped while the store cannot write (never
-            # acknowledged, so no one is misled); numbered ones are kept and tried again.
-            kept = [m for m in msgs if m.seq is not None]
-            self.dropped += len(msgs) - len(kept)
-            if not kept:
-                return
-            msgs = kept
-        size = 0
-        for m in msgs:
-            size += len(m.payload)
-        size += MSG_OVERHEAD * len(msgs)
-        self.backlog += size
-        self._push(("m", client_id, session, conn_id, received_at, msgs, size))
-
-    async def flush(self) -> None:
-        """Return once everything queued so far is committed; raise StoreUnavailable if the
-        store is failing (the caller must then refuse with `ERR 503`)."""
-        if self.failing:
-            raise StoreUnavailable(self.failure or "store unavailable")
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._flushes.add(fut)
-        fut.add_done_callback(self._flushes.discard)
-        self._push(_Flush(fut))
-        await fut
-
-    def record_connection(self, rec: ConnectionRecord) -> None:
-        if self.failing and self._shed_record():
-            return
-        self._push(("c", rec.conn_id, rec.client_id, rec.addr, rec.connected_at, rec.ended_at,
-                    rec.end_reason, rec.heartbeats, rec.messages, rec.rtt, rec.detail))
-
-    def record_timeout(self, conn_id: int, client_id: str | None, at: float, silent_for: float,
-                       late_by: float, phi: float | None = None) -> None:
-        if self.failing and self._shed_record():
-            return
-        self._push(("t", conn_id, client_id, at, silent_for, late_by, phi))
-
-    def _shed_record(self) -> bool:
-        # While failing, the writer holds everything that comes: past MAX_FAILING_RECORDS, history
-        # is dropped (and counted) instead of growing without bound.  A dropped connection start
-        # is made up by its end; what was acknowledged is never touched.
-        self._failing_records += 1
-        if self._failing_records <= MAX_FAILING_RECORDS:
-            return False
-        self.dropped_records += 1
-        return True
-
     # ---------------------------------------------------------------- loop -> writer
 
-    def _push(self, op: Any) -> None:
-        self._buf.append(op)
-        if not self._handing:
-            # Hand the list over once per loop iteration, not once per message.
-            self._handing = True
-            assert self._loop is not None, "open() first"
-            self._loop.call_soon(self._hand_over)
-
-    def _hand_over(self) -> None:
-        self._handing = False
-        if self._buf:
-            self._q.put(self._buf)
-            self._buf = []
-
     # ---------------------------------------------------------------- writer -> loop
-
-    def _report(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(fn, *args)
-
-    def _committed(self, highs: dict[SessionKey, int], flushes: list[_Flush], done: int) -> None:
-        self.backlog -= done
-        if (highs or done) and self._listener is not None:
-            self._listener(highs)
-        for f in flushes:
-            if not f.fut.done():
-                f.fut.set_result(None)
-
-    def _state_changed(self, failing: bool, text: str) -> None:
-        self.failing = failing
-        self.failure = text if failing else None
-        if not failing:
-            self._failing_records = 0
-        if failing:
-            for fut in list(self._flushes):
-                if not fut.done():
-                    fut.set_exception(StoreUnavailable(text))
-        if self._state_listener is not None:
-            self._state_listener(failing, text)
 
     # ---------------------------------------------------------------- the writer thread
 
@@ -554,7 +429,7 @@ class SQLiteStore(Store):
                     continue
                 # Group commit: everything waiting (up to a bound) goes into this transaction.
                 self._drain(ops, MAX_BATCH)
-            if ops and ops[-1] is _STOP:  # close() queues it last, after everything else
+            if ops and ops[-1] is STOP:  # close() queues it last, after everything else
                 stopping = True
                 ops.pop()
             try:
@@ -571,7 +446,7 @@ class SQLiteStore(Store):
                 if stopping:
                     if time.monotonic() - failed_since > 2.0:
                         return  # shutting down: what is held was never acknowledged; clients resend it
-                    ops.append(_STOP)
+                    ops.append(STOP)
                 held = ops
                 self._prune(con)  # at the size limit, what retention frees is what lets it recover
                 time.sleep(self.retry_every)
@@ -586,13 +461,6 @@ class SQLiteStore(Store):
                 return
             self._prune(con)
 
-    def _drain(self, ops: list[Any], limit: int | None) -> None:
-        while (limit is None or len(ops) < limit) and not (ops and ops[-1] is _STOP):
-            try:
-                ops.extend(self._q.get_nowait())
-            except queue.Empty:
-                return
-
     def _write(self, con: sqlite3.Connection, ops: list[Any]) -> None:
         """Write `ops` in one transaction; on success update the caches and report commits."""
         high = self._high
@@ -602,7 +470,7 @@ class SQLiteStore(Store):
         new_sid: dict[SessionKey, int] = {}
         new_rows: dict[int, int] = {}
         ended: list[int] = []
-        flushes: list[_Flush] = []
+        flushes: list[Flush] = []
         msgs: list[Any] = []  # the parameters of every message row, flat: ROW_PARAMS per row
         touched: set[SessionKey] = set()
         done = 0  # backlog bytes this transaction takes off the loop's count
@@ -653,7 +521,7 @@ class SQLiteStore(Store):
                     trow = new_rows.get(conn_id) or rows.get(conn_id)
                     con.execute("INSERT INTO timeouts(connection_id, client_id, at, silent_for, late_by, phi) "
                                 "VALUES (?, ?, ?, ?, ?, ?)", (trow, client_id, at, silent, late, phi))
-            elif type(op) is _Flush:
+            elif type(op) is Flush:
                 flushes.append(op)
         if top >= 0:
             new_high[key] = top
