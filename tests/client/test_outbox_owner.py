@@ -46,3 +46,27 @@ async def test_client_refuses_an_outbox_of_another_id() -> None:
         Client(id="other", outbox=box)
     assert Client(outbox=box).id == "boxed"
     assert Client(id="boxed", outbox=box).id == "boxed"
+
+
+def test_an_outbox_is_private_and_never_opened_through_a_link(tmp_path: Path) -> None:
+    """The outbox holds what the program sends: its files are 0600 whatever the umask, and a
+    symbolic link planted where it goes is refused, not followed."""
+    import os
+    path = tmp_path / "c.outbox"
+    old = os.umask(0o022)
+    try:
+        box = SQLiteOutbox(str(path))
+        box.bind("private")
+        box.close()
+    finally:
+        os.umask(old)
+    made = [p for p in tmp_path.iterdir() if p.name.startswith("c.outbox")]
+    assert path in made and tmp_path / "c.outbox.lock" in made
+    for p in made:
+        assert p.stat().st_mode & 0o777 == 0o600, (p.name, oct(p.stat().st_mode))
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    (tmp_path / "link.outbox").symlink_to(target)
+    with pytest.raises(OutboxError, match="cannot open outbox"):
+        SQLiteOutbox(str(tmp_path / "link.outbox"))
+    assert target.read_bytes() == b""

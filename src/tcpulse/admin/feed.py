@@ -227,12 +227,7 @@ class Feed:
         self.seq += 1
         e = event_record(self.seq, ev)
         assert e is not None
-        self.recent.append(e)
-        if self.subscribers:
-            if len(self._pending) < EVENTS_PER_FLUSH:
-                self._pending.append(e)
-            else:
-                self._skipped += 1
+        self._add(e)
 
     def resend_snapshot(self) -> None:
         """Every dashboard hears the news at once (the cluster view went stale or current): a new
@@ -246,7 +241,10 @@ class Feed:
         as one of ours is (the rows themselves come from /api/clients, across nodes)."""
         from tcpulse.admin.cluster import change_record
         self.seq += 1
-        e = change_record(self.seq, ch)
+        self._add(change_record(self.seq, ch))
+
+    def _add(self, e: dict[str, Any]) -> None:
+        # Kept in the ring; sent with the next flush, or counted as skipped past its bound.
         self.recent.append(e)
         if self.subscribers:
             if len(self._pending) < EVENTS_PER_FLUSH:

@@ -209,9 +209,14 @@ class SQLiteOutbox(Outbox):
         self.path = path
         self._lock_fd = -1
         self._db: sqlite3.Connection | None = None
+        # Both files are created private (the outbox holds what the program sends; SQLite gives
+        # its -wal and -shm the database's mode), and never through a symbolic link that someone
+        # planted in a directory others can write to.
+        private = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
         try:
-            self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = os.open(path + ".lock", private, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(os.open(path, private, 0o600))
         except BlockingIOError:
             os.close(self._lock_fd)
             raise OutboxError("in-use", N_("outbox {path} is in use by another tcpulse client: stop it or choose "
