@@ -180,6 +180,27 @@ def test_files_that_are_not_a_readable_tcpulse_database(tmp_path: Path) -> None:
     assert junk.read_bytes() == b"\x00garbage" * 512
 
 
+async def test_a_reader_never_follows_a_symbolic_link(db: Path, tmp_path: Path) -> None:
+    """`tcpulse history`/`messages` may run as root beside a database in a directory others can
+    write to: a link as the database, or as a file SQLite writes beside it even for a reader
+    (`-wal`, `-shm`), is refused with one line, and its target is left untouched."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    with pytest.raises(StoreOpenError, match="symbolic link"):
+        read_connections(str(link))
+    for suffix in ("-wal", "-shm"):
+        planted = Path(str(db) + suffix)
+        planted.symlink_to(target)
+        with pytest.raises(StoreOpenError, match="symbolic link") as info:
+            read_messages(str(db))
+        assert info.value.params["path"] == str(planted)
+        planted.unlink()
+    assert target.read_bytes() == b"keep me"
+    assert len(read_connections(str(db))) > 0  # the real file, once nothing is planted
+
+
 def test_open_store_chooses_by_spec(tmp_path: Path) -> None:
     for spec in (None, "none", "NONE", "None"):
         assert type(open_store(spec)) is MemoryStore

@@ -37,6 +37,7 @@ __all__ = [
     "check_database_files",
     "check_directory",
     "check_file",
+    "check_no_links",
     "create_private",
     "make_lock_private",
     "open_lock",
@@ -113,6 +114,24 @@ def check_file(path: str, st: os.stat_result | None = None) -> os.stat_result | 
                                                "private (chmod 600 {path}), or choose another --db"),
                              path=path, mode=_mode(st))
     return st
+
+
+def check_no_links(path: str) -> None:
+    """For a reader (`tcpulse history`, `messages`), which may run as another user than the
+    server: the database at `path` (its real path) and the files SQLite keeps beside it must not
+    be symbolic links, nor anything but regular files, since SQLite may write the `-wal` and
+    `-shm` even for a reader.  Raises `StoreOpenError`.  Ownership is not checked: reading the
+    server's database as root or as its owner is what these commands are for."""
+    for name in (path, *(path + s for s in SIDECARS)):
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreOpenError("symlink", N_("{path} is a symbolic link, which tcpulse does not follow (it could "
+                                               "point anywhere): give the real file's path as --db"), path=name)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreOpenError("not-a-file", N_("{path} is not a regular file: choose another --db"), path=name)
 
 
 def create_private(path: str) -> bool:

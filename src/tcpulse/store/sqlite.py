@@ -76,8 +76,11 @@ def open_reader(path: str) -> sqlite3.Connection:
     """A connection that only reads `path` (never creates it).  Opened read-write with
     `query_only` where it can be, so that when it is the last connection to close, SQLite folds
     the WAL back and removes the `-wal` and `-shm` files instead of leaving them behind; read-only
-    where the file cannot be written."""
-    uri = Path(path).resolve().as_uri()
+    where the file cannot be written.  A symbolic link as the database or beside it (`-wal`,
+    `-shm`, `-journal`) is refused, not followed (files.check_no_links)."""
+    real = files.real_path(path)
+    files.check_no_links(real)
+    uri = Path(real).as_uri()
     try:
         con = sqlite3.connect(uri + "?mode=rw", uri=True)
         con.execute("PRAGMA query_only=ON")
