@@ -184,6 +184,13 @@ class ServerConnection(asyncio.Protocol):
         # Handle `data` a slice at a time while the iteration's budget lasts; keep the rest.
         hub = self._hub
         pos, end = 0, len(data)
+        if end <= READ_SLICE:  # nearly every read: one slice, no loop
+            t0 = perf_counter()
+            self._process(data, heard_at)
+            hub.spend(perf_counter() - t0)
+            if self.limits is not None and (self.limits.held or self._stashed or self.conn.buffered):
+                self._check_held()
+            return
         while True:
             t0 = perf_counter()
             self._process(data[pos:pos + READ_SLICE] if pos or end > READ_SLICE else data, heard_at)

@@ -72,6 +72,10 @@ class RateDecision:
     close: bool = False
 
 
+#: Nothing to answer, nothing to drop: the decision for most batches (a HEARTBEAT), shared.
+_PASS = RateDecision(0)
+
+
 class Guard:
     """TLS, authentication and limits of one server (see the module docstring).
 
@@ -332,11 +336,14 @@ class Guard:
         answer, and whether to drop (`ERR 429`) or close.  The caller acts on the decision."""
         limits = c.limits
         if limits is None or limits.rate is None:
-            return RateDecision(pings)
+            return _PASS if not pings else RateDecision(pings)
         v = limits.rate.admit(now, frames, pings)
-        if v.over and not v.close:
+        if not v.over:
+            # The common case (a HEARTBEAT within the rate): no decision object made per frame.
+            return _PASS if not v.pings_allowed else RateDecision(v.pings_allowed)
+        if not v.close:
             self.dropped_429 += 1
-        return RateDecision(v.pings_allowed, drop=v.over and not v.close, close=v.close)
+        return RateDecision(v.pings_allowed, drop=not v.close, close=v.close)
 
     # ---------------------------------------------------------------- HELLO
 
