@@ -52,6 +52,13 @@ MAX_SESSIONS = 50_000
 #: Seconds between WAL checkpoints while writing (in the checkpointer thread).
 CHECKPOINT_EVERY = 1.0
 
+#: The WAL's size past which the writer restarts it (`wal_checkpoint(RESTART)`, between two of its
+#: transactions).  The checkpointer's PASSIVE checkpoints copy the WAL into the database but never
+#: rewind it while the writer keeps appending, so under a steady flood the WAL grew without end
+#: (1.3 GB after a minute of one numbered sender), and its index (`-shm`, mapped into the
+#: server's memory) with it.  A restart waits for readers, never for the loop.
+WAL_LIMIT = 64 << 20
+
 #: Message rows per INSERT statement: one statement of many rows costs about 40 % less per row
 #: than a statement per row (bench/RESULTS.md); 100 x 5 parameters stay below SQLite's 999.
 ROWS_PER_INSERT = 100
@@ -127,9 +134,12 @@ class SQLiteStore(WriterStore):
     def __init__(self, path: str, *, busy_timeout: float = 1.0, retry_every: float = 0.25,
                  max_page_count: int | None = None, server_id: str = "", retain: float | str | None = None,
                  max_size: int | str | None = None, max_sessions: int = MAX_SESSIONS,
-                 prune_every: float = PRUNE_EVERY) -> None:
+                 prune_every: float = PRUNE_EVERY, wal_limit: int = WAL_LIMIT) -> None:
         super().__init__()
         self.path = path
+        #: Bytes of WAL past which the writer rewinds it (WAL_LIMIT); `wal_restarts` counts them.
+        self.wal_limit = wal_limit
+        self.wal_restarts = 0
         self.retain = parse_duration(retain, setting="retain")
         self.max_size = parse_size(max_size, setting="max_size")
         if max_sessions < 1:
@@ -252,6 +262,19 @@ class SQLiteStore(WriterStore):
         if con is not None:
             con.close()
 
+    def _bound_wal(self, con: sqlite3.Connection) -> None:
+        # Writer thread, between transactions: rewind a WAL grown past `wal_limit` (WAL_LIMIT).
+        try:
+            size = os.stat(self._file + "-wal").st_size
+        except OSError:
+            return
+        if size <= self.wal_limit:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            busy = con.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            if not busy:
+                self.wal_restarts += 1
+
     def _lock(self) -> None:
         # One server per database: the writer's own record of each session's high is what keeps
         # a seq from being stored twice, so no second writer may exist (PROTOCOL.md, "Delivery").
@@ -332,7 +355,7 @@ class SQLiteStore(WriterStore):
             # their own (_checkpointer), not in the commit that happens to cross the threshold:
             # the writer goes on while they copy.  They cost ~15 % of ingest when inline.
             con.execute("PRAGMA wal_autocheckpoint = 0")
-            con.execute("PRAGMA journal_size_limit = 67108864")
+            con.execute(f"PRAGMA journal_size_limit = {self.wal_limit}")  # the file, once rewound
             limit = self._page_limit(con)
             if limit is not None:
                 # A file already bigger keeps its size (SQLite never sets the cap below it).
@@ -547,6 +570,7 @@ class SQLiteStore(WriterStore):
         for c in ended:
             rows.pop(c, None)
         self.commits += 1
+        self._bound_wal(con)
         now = time.monotonic()
         if now - self._ckpt_last > CHECKPOINT_EVERY:
             self._ckpt_last = now
