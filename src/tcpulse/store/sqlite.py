@@ -570,7 +570,6 @@ class SQLiteStore(WriterStore):
         for c in ended:
             rows.pop(c, None)
         self.commits += 1
-        self._bound_wal(con)
         now = time.monotonic()
         if now - self._ckpt_last > CHECKPOINT_EVERY:
             self._ckpt_last = now
@@ -582,6 +581,7 @@ class SQLiteStore(WriterStore):
         self._forget()  # after `highs`: what was just committed is reported whatever is forgotten
         if highs or flushes or done:
             self._report(self._committed, highs, flushes, done)
+        self._bound_wal(con)  # after the ACKs are on their way: they never wait for it
 
     def _forget(self) -> None:
         """Keep at most `max_sessions` sessions in memory: the least recently used go first.  Safe
