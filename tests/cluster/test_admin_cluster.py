@@ -122,6 +122,7 @@ async def test_any_node_shows_the_whole_cluster(two: Any, redis: Redis) -> None:
             events += msg.get("events", [])
         hello = next(e for e in events if e["kind"] == "hello" and e["name"] == "late")
         assert hello["node"] == "b"
+        assert (hello["heartbeat_interval"], hello["heartbeat_timeout"]) == (5.0, 10.0)  # the log says them
 
     # tcpulse status of this node shows both, with the node, and filters by node.
     # (A process of its own, awaited: the admin endpoint answers from this test's event loop.)

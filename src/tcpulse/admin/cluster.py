@@ -126,6 +126,9 @@ def change_record(seq: int, ch: ClusterChange) -> dict[str, Any]:
         e["silent_for"] = 0.0
     elif kind == "close":
         e["reason"] = ch.reason or "gone"
+    elif kind == "hello":  # as the dashboard's log says of ours: the client's interval and timeout
+        e["heartbeat_interval"] = row["heartbeat_interval"]
+        e["heartbeat_timeout"] = row["heartbeat_timeout"]
     return e
 
 

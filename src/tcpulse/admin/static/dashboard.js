@@ -321,13 +321,15 @@
   // ------------------------------------------------------------------ events
 
   function logEvent(e) {
-    const who = e.name;
+    const who = e.node ? `${e.name} @ ${e.node}` : e.name;  // another node's client (a cluster)
     let kind = "alive", text;
     switch (e.kind) {
       case "connect": text = `${T("new connection")}: ${e.addr}`; break;
       case "hello":
-        text = `${who} ${T("signed in")} (${e.addr}), ${T("heartbeat")} ${fmtS(e.heartbeat_interval)} s, ` +
-               `${T("timeout")} ${fmtS(e.heartbeat_timeout)} s`;
+        text = `${who} ${T("signed in")} (${e.addr})`;
+        if (e.heartbeat_interval != null) {
+          text += `, ${T("heartbeat")} ${fmtS(e.heartbeat_interval)} s, ${T("timeout")} ${fmtS(e.heartbeat_timeout)} s`;
+        }
         break;
       case "suspect": kind = "suspect"; text = `${who} ${T("is suspect: silent for")} ${e.silent_for.toFixed(1)} s`; break;
       case "alive": text = `${who} ${T("is alive again")}`; break;
