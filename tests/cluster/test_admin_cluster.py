@@ -142,3 +142,38 @@ async def test_any_node_shows_the_whole_cluster(two: Any, redis: Redis) -> None:
     await until(lambda: not a.cluster.stale, 15)
     for rc in (here, there, late):
         rc.close()
+
+
+async def test_the_dashboard_shows_another_nodes_clients_and_changes(two: Any) -> None:
+    """The page of node a in headless Chromium: a client of node b appears in the table with its
+    node, and its sign-in in the log says which node and with what interval (it said
+    `heartbeat NaN s` before those fields were published with the event)."""
+    from playwright.async_api import async_playwright, expect
+
+    from tests.admin.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    a, b, admin = two
+    here = await RawClient.open(a.port)
+    await here.hello("here")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(admin.url)
+            await expect(page.locator("#link")).to_have_text("live", timeout=10_000)
+            there = await RawClient.open(b.port)
+            await there.hello("there")
+            row = page.locator('#clients tbody tr[data-name="there"]')
+            await expect(row).to_have_attribute("data-state", "alive", timeout=10_000)
+            await expect(row).to_contain_text("@ b")
+            log = page.locator("#log")
+            await expect(log).to_contain_text("there @ b signed in", timeout=10_000)
+            await expect(log).to_contain_text("heartbeat 5 s, timeout 10 s")
+            assert "NaN" not in (await log.inner_text())
+            assert errors == []
+            there.close()
+        finally:
+            await browser.close()
+    here.close()
