@@ -21,6 +21,7 @@ from tcpulse.cluster.redis import RedisCluster
 from tcpulse.server.config import ServerConfig
 from tcpulse.server.server import Server
 from tests.admin.test_api import get, metrics
+from tests.admin.test_dashboard import pytestmark as needs_chromium
 from tests.cluster.parts import Redis
 from tests.conftest import RawClient
 
@@ -144,6 +145,7 @@ async def test_any_node_shows_the_whole_cluster(two: Any, redis: Redis) -> None:
         rc.close()
 
 
+@needs_chromium
 async def test_the_dashboard_shows_another_nodes_clients_and_changes(two: Any) -> None:
     """The page of node a in headless Chromium: a client of node b appears in the table with its
     node, and its sign-in in the log says which node and with what interval (it said
