@@ -188,8 +188,6 @@ class PostgresStore(WriterStore):
         except psycopg.Error as e:
             raise StoreUnavailable(f"cannot read {self.name}: {_one_line(e)}") from e
 
-    # ---------------------------------------------------------------- loop <-> writer
-
     # ---------------------------------------------------------------- the writer thread
 
     def _connect(self) -> psycopg.Connection[Any]:

@@ -213,10 +213,6 @@ class SQLiteStore(WriterStore):
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot read {self.path}: {e}") from e
 
-    # ---------------------------------------------------------------- loop -> writer
-
-    # ---------------------------------------------------------------- writer -> loop
-
     # ---------------------------------------------------------------- the writer thread
 
     def _connect(self) -> sqlite3.Connection:
