@@ -1,5 +1,5 @@
 """What the benchmark scripts share: a free loopback port, waiting for a server to listen,
-reading a process's memory from /proc, and a tap on a server's JSON log."""
+reading a process's memory from /proc, percentiles, and reading a server's JSON log."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout:g} s")
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The `q`-th percentile of `values` (sorted), rounded to 0.01; None if there are none."""
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 2) if values else None
+
+
+def timeout_lateness_ms(log_path: str) -> list[float]:
+    """The `late_by` of every `timeout` event in a server's JSON log file, in ms, sorted: the
+    server's own lateness (declared dead against the deadline, by its clock)."""
+    out: list[float] = []
+    with open(log_path, "rb") as f:
+        for line in f:
+            if b'"event":"timeout"' in line or b'"event": "timeout"' in line:
+                try:
+                    out.append(float(json.loads(line)["late_by"]) * 1000)
+                except (ValueError, KeyError):
+                    continue
+    return sorted(out)
 
 
 def proc_status(pid: int, key: str) -> int:

@@ -5,10 +5,12 @@ workloads, in one run, and print medians and ratios.
     .venv/bin/python bench/side_by_side.py                      # everything, 3 runs each
     .venv/bin/python bench/side_by_side.py --only tcpulse,floor --runs 5 --loop asyncio
 
-Workloads (the load generator is `tcpulse.bench_tool`, in this process):
+Workloads (the load generator is `tcpulse.bench.load`, in this process):
 - hold: N clients beat every interval; M fall silent at once; the server's CPU while all beat,
   its memory per client, and how late each timeout reaches its client (tcpulse: BYE; the
-  original server: the close; floor and NATS have no heartbeat timeouts).
+  original server: the close; floor and NATS have no heartbeat timeouts); for tcpulse also its
+  own lateness (`late_by` in its JSON log: declared dead against the deadline, by its clock),
+  which leaves out delivery and the load generator on the same cores.
 - ingest: K clients each send messages of B bytes, to a PING barrier (floor, NATS: PUB + PING).
   The original server cannot frame messages, so it has no ingest figure.
 
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, wait_port  # noqa: E402
+from common import free_port, pct, timeout_lateness_ms, wait_port  # noqa: E402
 
 from tcpulse.bench.load import Kind, SpawnedServer, hold  # noqa: E402
 
@@ -144,6 +146,8 @@ def one_round(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                           announced=srv.announced),
                      a.generator_loop)
         out["hold"] = h.as_dict()
+        if srv.spawned is not None:  # tcpulse: its own lateness, from its JSON log
+            out["server_late_ms"] = timeout_lateness_ms(srv.spawned.log.name)
     finally:
         srv.stop()
     if kind != "seed":
@@ -185,6 +189,7 @@ def summary(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             "p50_ms": med([h["lateness_ms"].get("p50") for h in holds]),
             "p99_ms": med([h["lateness_ms"].get("p99") for h in holds]),
             "max_ms": med([h["lateness_ms"].get("max") for h in holds]),
+            "server_p99_ms": med([pct(r["server_late_ms"], 99) if r.get("server_late_ms") else None for r in rs]),
         }
         if "ingest" in rs[0]:
             d["ingest_rate"] = med([r["ingest"]["rate"] for r in rs])
@@ -205,7 +210,7 @@ def print_table(s: dict[str, dict[str, Any]], a: argparse.Namespace) -> None:
     print(f"hold: {a.clients} clients (seed: {a.seed_clients}), interval {a.interval:g} s, {a.silent} silenced; "
           f"ingest: {a.ingest_clients} clients x {a.messages} x {a.size} B\n")
     head = ("server", "held", "CPU", "KiB/client", "RSS MiB", "timed out", "false", "late p50 ms", "p99 ms",
-            "max ms", "ingest msg/s", "ingest CPU")
+            "max ms", "server's own p99 ms", "ingest msg/s", "ingest CPU")
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for kind, d in s.items():
@@ -215,7 +220,7 @@ def print_table(s: dict[str, dict[str, Any]], a: argparse.Namespace) -> None:
                f"{fmt(d['timed_out'], '.0f')}/{d['silent']}" if d["silent"] else "-",
                fmt(d["false_timeouts"], ".0f") if d["silent"] else "-",
                fmt(d["p50_ms"], ".1f"), fmt(d["p99_ms"], ".1f"), fmt(d["max_ms"], ".1f"),
-               fmt(d.get("ingest_rate"), ",.0f"), fmt(d.get("ingest_cpu"), ".0%"))
+               fmt(d.get("server_p99_ms"), ".1f"), fmt(d.get("ingest_rate"), ",.0f"), fmt(d.get("ingest_cpu"), ".0%"))
         print("| " + " | ".join(row) + " |")
     t = s.get("tcpulse")
     if t is None:
@@ -269,7 +274,9 @@ def main() -> None:
             h = res["hold"]
             print(f"run {r + 1}/{a.runs} {kind}: held {h['connected']}/{h['clients']}, cpu {h['server_cpu']}, "
                   f"rss/client {h['rss_per_client']}, timeouts {h['timed_out']}/{h['silent']} "
-                  f"p99 {h['lateness_ms'].get('p99')} ms, false {h['false_timeouts']}"
+                  f"p99 {h['lateness_ms'].get('p99')} ms"
+                  + (f" (server's own {pct(res['server_late_ms'], 99)} ms)" if res.get("server_late_ms") else "")
+                  + f", false {h['false_timeouts']}"
                   + (f", ingest {res['ingest']['rate']:,.0f} msg/s" if "ingest" in res else "")
                   + f" ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     s = summary(rounds)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import LogTap, free_port, proc_status, wait_port  # noqa: E402
+from common import LogTap, free_port, pct, proc_status, wait_port  # noqa: E402
 
 from tcpulse.bench.load import hold  # noqa: E402
 
@@ -114,12 +114,8 @@ def run(kind: str, a: argparse.Namespace, tmp: str) -> dict[str, Any]:
             "rss_warm_mib": round(warm / 2**20, 1), "rss_end_mib": round(res.server_rss / 2**20, 1) if res.server_rss
             else None, "rss_peak_mib": round(max((r for _t, r in samples), default=0) / 2**20, 1),
             "server_cpu": res.server_cpu, "ticker_late_ms": res.ticker_late_ms, "flood_acked": acked[0],
-            "server_late_ms": {"p50": _pct(server_late, 50), "p99": _pct(server_late, 99),
+            "server_late_ms": {"p50": pct(server_late, 50), "p99": pct(server_late, 99),
                                "max": round(server_late[-1], 2) if server_late else None}}
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 2) if values else None
 
 
 def main() -> None:
