@@ -33,18 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import fcntl
 import logging
 import socket
 import ssl as ssl_module
-import struct
-import termios
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
+
+from tcpulse.security.limits import unread_bytes
 
 __all__ = [
     "ACCEPT_BACKLOG",
@@ -270,13 +269,7 @@ class AdminConnection(asyncio.Protocol):
 
     def unread(self) -> int:
         """Bytes the kernel holds for this connection that have not been read yet."""
-        sock = self.raw.get_extra_info("socket") if self.raw is not None else None
-        if sock is None:
-            return 0
-        try:
-            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
-        except (OSError, ValueError):  # closed meanwhile
-            return 0
+        return unread_bytes(self.raw)
 
     def unsent(self) -> int:
         """Bytes waiting in this connection's buffers (both layers with TLS)."""

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import secrets
-import struct
-import termios
 import time
 from time import perf_counter
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 from tcpulse.protocol.connection import Connection, Role
 from tcpulse.protocol.errors import ErrorCode
 from tcpulse.protocol.events import Bye, Err, Event, Heartbeat, Hello, Msg, Ping, Pong
+from tcpulse.security.limits import unread_bytes
 from tcpulse.security.tls import peer_identities
 from tcpulse.server.events import (
     ProtocolErrorOccurred,
@@ -471,14 +469,7 @@ class ServerConnection(asyncio.Protocol):
     def unread(self) -> int:
         if self._stashed:
             return self._stashed  # read, kept back for the next loop iteration: it spoke
-        tr = self.transport
-        sock = None if tr is None else tr.get_extra_info("socket")
-        if sock is None:
-            return 0
-        try:
-            return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
-        except (OSError, ValueError):  # closed meanwhile
-            return 0
+        return unread_bytes(self.transport)
 
     def send_frame(self, event: Event) -> None:
         self.conn.send(event)
