@@ -18,21 +18,6 @@ from tcpulse.server.server import Server
 from tests.conftest import MS, RawClient
 
 
-@pytest.fixture
-async def admin_for() -> AsyncIterator[Any]:
-    admins: list[Admin] = []
-
-    async def make(server: Server, **kw: Any) -> Admin:
-        a = Admin(server, "127.0.0.1", 0, **kw)
-        await a.start()
-        admins.append(a)
-        return a
-
-    yield make
-    for a in admins:
-        await a.close()
-
-
 async def get(admin: Admin, path: str, status: int = 200, **kw: Any) -> Any:
     async with aiohttp.ClientSession() as s, s.get(admin.url.rstrip("/") + path, **kw) as r:
         assert r.status == status, (path, r.status, await r.text())

@@ -12,30 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tcpulse.admin.app import Admin
 from tcpulse.admin.auth import admin_authorize, admin_token_ok, host_allowed
 
 TOKEN = "s3cret-Tok3n-0123456789abcdef"
-
-
-@pytest.fixture
-async def admin_for() -> AsyncIterator[Any]:
-    admins: list[Admin] = []
-
-    async def make(server: Any, **kw: Any) -> Admin:
-        a = Admin(server, "127.0.0.1", 0, **kw)
-        await a.start()
-        admins.append(a)
-        return a
-
-    yield make
-    for a in admins:
-        await a.close()
 
 
 async def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
