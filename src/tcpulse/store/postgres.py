@@ -29,7 +29,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import threading
 import time
 from typing import Any
 
@@ -134,6 +133,7 @@ class PostgresStore(WriterStore):
 
     durable = True
     immediate = False
+    thread_name = "tcpulse-store-pg"
 
     def __init__(self, url: str, *, server_id: str = "", retry_every: float = 0.25) -> None:
         super().__init__()
@@ -146,38 +146,12 @@ class PostgresStore(WriterStore):
         self.commits = 0
         self.committed_messages = 0
         self.duplicates = 0
-        self._thread: threading.Thread | None = None
-        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_con: psycopg.Connection[Any] | None = None
         self._run_id = 0
         # Writer thread only: the database row of each of this run's connections.
         self._conn_rows: dict[int, int] = {}
 
     # ---------------------------------------------------------------- Store interface (loop side)
-
-    async def open(self) -> None:
-        """Connect, create the tables if they are missing, start the writer thread.  Raises
-        StoreOpenError naming the problem (unreachable, refused, a newer schema)."""
-        self._loop = asyncio.get_running_loop()
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._writer_main, args=(ready,), daemon=True,
-                                        name="tcpulse-store-pg")
-        self._thread.start()
-        await asyncio.wrap_future(ready)
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tcpulse-store-pg-read")
-
-    async def close(self) -> None:
-        if self._thread is None:
-            return
-        self._hand_over()
-        self._q.put([STOP])
-        thread, self._thread = self._thread, None
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._reader.submit(self._close_reader))
-            self._reader.shutdown(wait=False)
-            self._reader = None
 
     async def acked(self, client_id: str, session: str) -> int:
         """`sessions.high`, read from the database every time: another node may have stored

@@ -156,8 +156,6 @@ class SQLiteStore(WriterStore):
         #: Figures for the curious (bench, admin): transactions committed and rows in them.
         self.commits = 0
         self.committed_messages = 0
-        self._thread: threading.Thread | None = None
-        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._run_id = 0
         # Owned by the writer thread; the loop only reads `_high` (a dict get is atomic).  Both
@@ -175,32 +173,6 @@ class SQLiteStore(WriterStore):
         self._ckpt_last = 0.0
 
     # ---------------------------------------------------------------- Store interface (loop side)
-
-    async def open(self) -> None:
-        """Open or create the database, migrate it, and start the writer thread.  Raises
-        StoreOpenError naming the problem (not a database, made by a newer tcpulse, ...)."""
-        self._loop = asyncio.get_running_loop()
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._writer_main, args=(ready,), daemon=True,
-                                        name="tcpulse-store")
-        self._thread.start()
-        await asyncio.wrap_future(ready)
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tcpulse-store-read")
-
-    async def close(self) -> None:
-        """Write what is queued (trying for a while if the store is failing) and stop."""
-        if self._thread is None:
-            return
-        self._hand_over()
-        self._q.put([STOP])
-        thread = self._thread
-        self._thread = None
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._reader.submit(self._close_reader))
-            self._reader.shutdown(wait=False)
-            self._reader = None
 
     async def acked(self, client_id: str, session: str) -> int:
         key = (client_id, session)

@@ -11,8 +11,10 @@ counted (`dropped`), and history records beyond MAX_FAILING_RECORDS too (`droppe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +48,12 @@ class Flush:
 
 class WriterStore(Store):
     """Queues operations for a writer thread, in order: `("m", ...)` messages, `("c", ...)`
-    connection records, `("t", ...)` timeouts, `Flush`, and `STOP`."""
+    connection records, `("t", ...)` timeouts, `Flush`, and `STOP`.  A subclass supplies
+    `_writer_main(ready)` (opens the database, sets `ready`, writes until STOP) and
+    `_close_reader()` (in the reader thread that answers `acked()`)."""
+
+    #: The writer thread's name; the reader's is this and "-read".
+    thread_name = "tcpulse-store"
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,8 +69,41 @@ class WriterStore(Store):
         self._handing = False
         self._q: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self._flushes: set[asyncio.Future[None]] = set()
+        self._thread: threading.Thread | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
+        raise NotImplementedError
+
+    def _close_reader(self) -> None:
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- Store interface (loop side)
+
+    async def open(self) -> None:
+        """Start the writer thread, which opens the database, and the reader thread.  Raises
+        what the writer raised opening it (StoreOpenError naming the problem)."""
+        self._loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._writer_main, args=(ready,), daemon=True,
+                                        name=self.thread_name)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.thread_name + "-read")
+
+    async def close(self) -> None:
+        """Write what is queued (trying for a while if the store is failing) and stop."""
+        if self._thread is None:
+            return
+        self._hand_over()
+        self._q.put([STOP])
+        thread, self._thread = self._thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._reader.submit(self._close_reader))
+            self._reader.shutdown(wait=False)
+            self._reader = None
 
     def add_message(self, rec: MessageRecord) -> None:
         self.add_messages(rec.client_id, rec.session, rec.conn_id, rec.received_at, [rec])
